@@ -1,0 +1,1 @@
+"""Clients for bawt-vllm: reach supervised models through the OpenAI API."""

@@ -1,0 +1,1 @@
+"""bawt-vllm supervisor: runs, watches and fully stops `vllm serve` processes."""
