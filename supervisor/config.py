@@ -1,0 +1,735 @@
+"""models.yaml: find it, validate it, and report every problem at once.
+
+The file is shared with the chat app llm-bawt: its top-level `models:` map holds
+entries of every provider type, keyed by alias. bawt-vllm runs only `type: vllm`
+entries and `type: gguf` entries with `backend: vllm`; every other entry is left
+alone and listed in `Config.skipped`. Our global settings live under the
+top-level `bawt_vllm:` key; other top-level keys belong to someone else.
+
+Validation never stops at the first mistake: `check_config` returns all of them,
+each naming the file, the entry and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+
+from .command import reserved_flag_problems
+from .toolformat import PROVIDER_GGUF, PROVIDER_VLLM, TOOL_FORMAT_NATIVE, get_tool_format, runs_on_vllm
+
+GLOBAL_SECTION = "bawt_vllm"
+MODELS_SECTION = "models"
+DEFAULT_API_KEY_ENV = "BAWT_VLLM_API_KEY"
+CONFIG_ENV_VAR = "BAWT_VLLM_CONFIG"
+LLM_BAWT_CONFIG_ENV_VAR = "LLM_BAWT_MODELS_CONFIG_PATH"
+
+Quantization = Literal[
+    "awq",
+    "awq_marlin",
+    "gptq",
+    "gptq_marlin",
+    "fp8",
+    "bitsandbytes",
+    "compressed-tensors",
+    "gguf",
+    "mxfp4",
+]
+Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+ToolSupport = Literal["native", "react", "xml", "none"]
+
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+TOOL_SUPPORT_VALUES: tuple[str, ...] = get_args(ToolSupport)
+
+COMMON_TOOL_CALL_PARSERS = (
+    "hermes",
+    "llama3_json",
+    "llama4_pythonic",
+    "mistral",
+    "qwen3_coder",
+    "pythonic",
+    "granite",
+    "internlm",
+    "jamba",
+    "deepseek_v3",
+    "kimi_k2",
+    "openai",
+    "xlam",
+)
+"""Parsers shipped with recent vLLM releases; any name is accepted, these are only suggestions."""
+
+LLM_BAWT_ONLY_KEYS = frozenset(
+    {
+        "system_prompt",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+        "n_gpu_layers",
+        "n_ctx",
+        "n_batch",
+        "flash_attn",
+        "chat_format",
+    }
+)
+"""Keys llm-bawt reads on entries that mean nothing to bawt-vllm: accepted and ignored."""
+
+RESERVED_ENV_VARS = {
+    "CUDA_VISIBLE_DEVICES": "bawt-vllm sets it from its GPU assignment; pin a GPU with the 'gpu' key",
+    "VLLM_API_KEY": "a secret does not belong in models.yaml; name the variable holding it in api_key_env",
+}
+
+Port = Annotated[int, Field(ge=1024, le=65535)]
+EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _numbers_to_str(value: Any) -> Any:
+    """YAML reads `8` and `0.5` as numbers; env values and CLI args are strings."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _stringify_list(value: Any) -> Any:
+    return [_numbers_to_str(item) for item in value] if isinstance(value, list) else value
+
+
+def _stringify_values(value: Any) -> Any:
+    return {key: _numbers_to_str(item) for key, item in value.items()} if isinstance(value, dict) else value
+
+
+ArgList = Annotated[list[str], BeforeValidator(_stringify_list)]
+EnvMap = Annotated[dict[EnvVarName, str], BeforeValidator(_stringify_values)]
+
+
+def _home(environ: Mapping[str, str]) -> Path:
+    home = environ.get("HOME")
+    return Path(home) if home else Path.home()
+
+
+def _xdg_dir(environ: Mapping[str, str], variable: str, fallback: str) -> Path:
+    value = environ.get(variable)
+    return Path(value).expanduser() if value else _home(environ) / fallback
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_STATE_HOME/bawt-vllm, else ~/.local/state/bawt-vllm."""
+    env = os.environ if environ is None else environ
+    return _xdg_dir(env, "XDG_STATE_HOME", ".local/state") / "bawt-vllm"
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config file.
+
+    `key` is relative to the entry when `alias` is set (e.g. 'max_model_len',
+    'env.FOO'); otherwise it is the dotted path from the top of the file
+    (e.g. 'bawt_vllm.port_range'), or None for file-wide problems.
+    """
+
+    file: Path
+    alias: str | None
+    key: str | None
+    message: str
+
+    @property
+    def location(self) -> str | None:
+        if self.alias is None:
+            return self.key
+        parts = [MODELS_SECTION, self.alias, *([self.key] if self.key else [])]
+        return ".".join(parts)
+
+    def __str__(self) -> str:
+        location = self.location
+        return f"{self.file}: {location}: {self.message}" if location else f"{self.file}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: Iterable[ConfigProblem], summary: str | None = None) -> None:
+        self.problems = list(problems)
+        self.summary = summary
+        lines = [summary] if summary else []
+        lines += [str(problem) for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class UnknownModelError(KeyError):
+    """No runnable entry has this alias. The message names the known aliases and a close match."""
+
+    def __init__(self, alias: str, known: Iterable[str], skipped_reason: str | None = None) -> None:
+        self.alias = alias
+        known = sorted(known)
+        if skipped_reason is not None:
+            message = f"model '{alias}' is not run by bawt-vllm: {skipped_reason}"
+        else:
+            message = f"unknown model '{alias}'{_did_you_mean(alias, known)}; "
+            message += f"known models: {', '.join(known)}" if known else "no models are configured"
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class Settings(BaseModel):
+    """The `bawt_vllm:` section: how the supervisor itself behaves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vllm_executable: str = "vllm"
+    host: str = "127.0.0.1"
+    port_range: tuple[Port, Port] = (8500, 8599)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: Port = 8400
+    state_dir: Path = Field(default_factory=default_state_dir)
+    ready_stall_timeout_s: PositiveFloat = 300.0
+    ready_total_timeout_s: PositiveFloat | None = None
+    stop_grace_s: PositiveFloat = 15.0
+    health_interval_s: PositiveFloat = 2.0
+    liveness_probe: bool = False
+    probe_timeout_s: PositiveFloat = 30.0
+    max_restarts: NonNegativeInt = 3
+    restart_backoff_s: NonNegativeFloat = 2.0
+    restart_backoff_max_s: NonNegativeFloat = 60.0
+    max_cpu_instances: NonNegativeInt = 1
+    idle_ttl_s: PositiveFloat | None = None
+    vram_release_timeout_s: PositiveFloat = 30.0
+    vram_tolerance_mib: NonNegativeInt = 256
+    api_key_env: EnvVarName | None = DEFAULT_API_KEY_ENV
+
+    @field_validator("port_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] > value[1]:
+            raise ValueError("low end is above high end")
+        return value
+
+    @field_validator("vllm_executable")
+    @classmethod
+    def _expand_executable(cls, value: str) -> str:
+        return os.path.expanduser(value)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand_state_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class ModelEntry(BaseModel):
+    """One entry bawt-vllm runs: `type: vllm`, or `type: gguf` with `backend: vllm`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alias: str
+    type: Literal["vllm", "gguf"] = "vllm"
+    backend: Literal["vllm"] | None = None
+    model_id: str | None = None
+    repo_id: str | None = None
+    filename: str | None = None
+    path: str | None = None
+    # Keys llm-bawt reads; validated here because both programs rely on them.
+    description: str | None = None
+    context_window: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
+    tool_support: ToolSupport | None = None
+    tool_format: str | None = None
+    # vLLM engine and server options.
+    quantization: Quantization | None = None
+    dtype: Dtype | None = None
+    max_model_len: PositiveInt | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    enforce_eager: bool = False
+    enable_prefix_caching: bool | None = None
+    tool_call_parser: str | None = None
+    trust_remote_code: bool = False
+    served_model_name: str | None = None
+    tensor_parallel_size: PositiveInt = 1
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    extra_args: ArgList = Field(default_factory=list)
+    env: EnvMap = Field(default_factory=dict)
+    # Supervisor behaviour for this entry.
+    gpu: NonNegativeInt | None = None
+    port: Port | None = None
+    preload: bool = False
+    idle_ttl_s: PositiveFloat | None = None
+    api_key_env: EnvVarName | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _expand_home(cls, value: str | None) -> str | None:
+        return os.path.expanduser(value) if value else value
+
+    @property
+    def kind(self) -> Literal["vllm", "gguf"]:
+        return self.type
+
+    @property
+    def served_name(self) -> str:
+        """The model name clients send in requests."""
+        return self.served_model_name or self.alias
+
+    @property
+    def effective_tool_format(self) -> str:
+        return get_tool_format(self.model_dump(include={"type", "backend", "tool_support", "tool_format"}))
+
+
+ENTRY_KEYS = frozenset(ModelEntry.model_fields) - {"alias"}
+SETTINGS_KEYS = frozenset(Settings.model_fields)
+
+_EXPECTATIONS = {
+    "context_window": "must be an integer > 0",
+    "max_tokens": "must be an integer > 0",
+    "max_model_len": "must be an integer > 0",
+    "tensor_parallel_size": "must be an integer >= 1",
+    "gpu": "must be a GPU index (an integer >= 0)",
+    "port": "must be a port number from 1024 to 65535",
+    "gateway_port": "must be a port number from 1024 to 65535",
+    "port_range": "must be [low, high] with 1024 <= low <= high <= 65535",
+    "gpu_memory_utilization": "must be a number > 0 and <= 1",
+    "quantization": f"must be one of {', '.join(QUANTIZATIONS)} (or null to auto-detect)",
+    "dtype": f"must be one of {', '.join(DTYPES)}",
+    "tool_support": f"must be one of {', '.join(TOOL_SUPPORT_VALUES)}",
+    "backend": "must be 'vllm'",
+    "api_key_env": "must be an environment variable name (letters, digits and underscores)",
+    "extra_args": "must be a list of strings, e.g. ['--max-num-seqs', '8']",
+}
+"""What a key accepts, for keys where pydantic's own wording would be vague."""
+
+_ERROR_TYPE_TEXT = {
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "string_pattern_mismatch": "must be an environment variable name (letters, digits and underscores)",
+    "list_type": "must be a list",
+    "dict_type": "must be a map",
+}
+
+
+# --------------------------------------------------------------------------- config file lookup
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: Path
+    source: str
+    must_exist: bool
+
+
+def _config_candidates(explicit: Path | None, environ: Mapping[str, str]) -> list[_Candidate]:
+    if explicit is not None:
+        return [_Candidate(Path(explicit).expanduser(), "given explicitly", True)]
+    candidates = []
+    if environ.get(CONFIG_ENV_VAR):
+        candidates.append(_Candidate(Path(environ[CONFIG_ENV_VAR]).expanduser(), f"${CONFIG_ENV_VAR}", True))
+    config_home = _xdg_dir(environ, "XDG_CONFIG_HOME", ".config")
+    candidates.append(_Candidate(config_home / "bawt-vllm" / "models.yaml", "bawt-vllm default", False))
+    if environ.get(LLM_BAWT_CONFIG_ENV_VAR):
+        llm_bawt_path = Path(environ[LLM_BAWT_CONFIG_ENV_VAR]).expanduser()
+        candidates.append(_Candidate(llm_bawt_path, f"${LLM_BAWT_CONFIG_ENV_VAR}", True))
+    else:
+        candidates.append(_Candidate(config_home / "llm-bawt" / "models.yaml", "llm-bawt default", False))
+    return candidates
+
+
+def find_config_path(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """Return the models.yaml to use.
+
+    Order: `explicit`, $BAWT_VLLM_CONFIG, $XDG_CONFIG_HOME/bawt-vllm/models.yaml,
+    then llm-bawt's file ($LLM_BAWT_MODELS_CONFIG_PATH, else
+    $XDG_CONFIG_HOME/llm-bawt/models.yaml). A path named explicitly or by a
+    variable must exist; the defaults are skipped when absent.
+    """
+    env = os.environ if environ is None else environ
+    looked: list[ConfigProblem] = []
+    for candidate in _config_candidates(explicit, env):
+        if candidate.path.is_file():
+            return candidate.path
+        what = "is not a file" if candidate.path.exists() else "does not exist"
+        problem = ConfigProblem(candidate.path, None, None, f"{what} ({candidate.source})")
+        if candidate.must_exist:
+            raise ConfigError([problem])
+        looked.append(problem)
+    raise ConfigError(looked, summary="no models.yaml found; looked in:")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Config:
+    """A validated config: the runnable entries and why the others were skipped."""
+
+    path: Path
+    settings: Settings
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def entry(self, alias: str) -> ModelEntry:
+        try:
+            return self.models[alias]
+        except KeyError:
+            raise UnknownModelError(alias, self.models, self.skipped.get(alias)) from None
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Find, read and validate the config; raise ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    config_path = find_config_path(path, env)
+    config, problems = _load(config_path, env)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def check_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> list[ConfigProblem]:
+    """Every problem with the config, including not finding it; an empty list means it is usable."""
+    env = os.environ if environ is None else environ
+    try:
+        config_path = find_config_path(path, env)
+    except ConfigError as error:
+        return error.problems
+    return _load(config_path, env)[1]
+
+
+def _load(path: Path, environ: Mapping[str, str]) -> tuple[Config, list[ConfigProblem]]:
+    document, problems = _read_yaml(path)
+    config, content_problems = _parse_document(path, document, environ)
+    return config, problems + content_problems
+
+
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that records repeated mapping keys, which plain YAML loading silently collapses."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicate_keys: list[tuple[str, int]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                self.duplicate_keys.append((key_node.value, key_node.start_mark.line + 1))
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> tuple[Any, list[ConfigProblem]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return None, [ConfigProblem(path, None, None, f"cannot read the file: {error}")]
+    loader = _DuplicateKeyLoader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.YAMLError as error:
+        return None, [ConfigProblem(path, None, None, _describe_yaml_error(error))]
+    finally:
+        loader.dispose()
+    problems = [
+        ConfigProblem(path, None, None, f"line {line}: duplicate key '{key}' (only the last one would count)")
+        for key, line in loader.duplicate_keys
+    ]
+    return document, problems
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    detail = getattr(error, "problem", None) or str(error)
+    if mark is None:
+        return f"invalid YAML: {detail}"
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {detail}"
+
+
+def _parse_document(
+    path: Path, document: Any, environ: Mapping[str, str]
+) -> tuple[Config, list[ConfigProblem]]:
+    fallback = Config(path=path, settings=Settings(state_dir=default_state_dir(environ)))
+    if document is None:
+        return fallback, []
+    if not isinstance(document, dict):
+        message = f"the top level must be a map with a '{MODELS_SECTION}' key (got {_type_name(document)})"
+        return fallback, [ConfigProblem(path, None, None, message)]
+
+    settings, problems = _parse_settings(path, document.get(GLOBAL_SECTION), environ)
+    raw_models = document.get(MODELS_SECTION)
+    if raw_models is None:
+        raw_models = {}
+    if not isinstance(raw_models, dict):
+        message = f"must be a map of alias -> model definition (got {_type_name(raw_models)})"
+        problems.append(ConfigProblem(path, None, MODELS_SECTION, message))
+        raw_models = {}
+
+    config = Config(path=path, settings=settings or fallback.settings)
+    for raw_alias, definition in raw_models.items():
+        alias = str(raw_alias)
+        entry, entry_problems, skip_reason = _parse_model(path, alias, definition)
+        problems += entry_problems
+        if skip_reason is not None:
+            config.skipped[alias] = skip_reason
+        elif entry is not None:
+            config.models[alias] = entry
+
+    problems += _cross_entry_problems(path, config.models)
+    if settings is not None:
+        problems += _settings_consistency_problems(path, settings, config.models)
+    return config, problems
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", dict: "a map"}.get(type(value), type(value).__name__)
+
+
+def _parse_settings(
+    path: Path, section: Any, environ: Mapping[str, str]
+) -> tuple[Settings | None, list[ConfigProblem]]:
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        message = f"must be a map of settings (got {_type_name(section)})"
+        return None, [ConfigProblem(path, None, GLOBAL_SECTION, message)]
+    values = {str(key): value for key, value in section.items()}
+    values.setdefault("state_dir", default_state_dir(environ))
+    findings = _unknown_key_findings(values, SETTINGS_KEYS)
+    known = {key: value for key, value in values.items() if key in SETTINGS_KEYS}
+    settings, validation_findings = _validate(Settings, known)
+    problems = [
+        ConfigProblem(path, None, f"{GLOBAL_SECTION}.{key}" if key else GLOBAL_SECTION, message)
+        for key, message in findings + validation_findings
+    ]
+    return (settings if not problems else None), problems
+
+
+def _skip_reason(definition: Mapping[str, Any]) -> str | None:
+    """Why an entry is not ours, or None when bawt-vllm runs it."""
+    if runs_on_vllm(definition):
+        return None
+    model_type = definition.get("type")
+    if model_type == PROVIDER_GGUF:
+        return "gguf without 'backend: vllm' (llm-bawt runs it with llama-cpp)"
+    if model_type is None:
+        return "it has no 'type' key"
+    return f"type is '{model_type}'"
+
+
+def _parse_model(
+    path: Path, alias: str, definition: Any
+) -> tuple[ModelEntry | None, list[ConfigProblem], str | None]:
+    """Validate one entry: (entry or None, problems, skip reason or None)."""
+    if not isinstance(definition, dict):
+        message = f"must be a map of model settings (got {_type_name(definition)})"
+        return None, [ConfigProblem(path, alias, None, message)], None
+    values = {str(key): value for key, value in definition.items()}
+    skip_reason = _skip_reason(values)
+    if skip_reason is not None:
+        return None, [], skip_reason
+
+    findings = _unknown_key_findings(values, ENTRY_KEYS | LLM_BAWT_ONLY_KEYS)
+    known = {key: value for key, value in values.items() if key in ENTRY_KEYS}
+    entry, validation_findings = _validate(ModelEntry, {**known, "alias": alias})
+    findings += validation_findings + _entry_rule_findings(known)
+    problems = [ConfigProblem(path, alias, key, message) for key, message in findings]
+    return (entry if not problems else None), problems, None
+
+
+Finding = tuple[str | None, str]
+"""(key, message) before the file and alias are attached."""
+
+
+def _unknown_key_findings(values: Mapping[str, Any], allowed: frozenset[str]) -> list[Finding]:
+    return [
+        (key, f"unknown key '{key}'{_did_you_mean(key, allowed)}") for key in values if key not in allowed
+    ]
+
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+def _validate(schema: type[SchemaT], values: dict[str, Any]) -> tuple[SchemaT | None, list[Finding]]:
+    try:
+        return schema.model_validate(values), []
+    except ValidationError as error:
+        return None, _validation_findings(error, values)
+
+
+def _validation_findings(error: ValidationError, values: Mapping[str, Any]) -> list[Finding]:
+    """Rewrite pydantic's errors as '<what the key accepts> (got <value>)', one per key."""
+    findings: dict[str | None, str] = {}
+    for detail in error.errors():
+        location = [str(part) for part in detail["loc"]]
+        top_key = location[0] if location else None
+        if top_key in _EXPECTATIONS:
+            key, expected, got = top_key, _EXPECTATIONS[top_key], values.get(top_key)
+        else:
+            key = ".".join(location) or None
+            expected = _ERROR_TYPE_TEXT.get(detail["type"], _lower_first(detail["msg"]))
+            got = detail.get("input")
+        findings.setdefault(key, f"{expected} (got {got!r})")
+    return list(findings.items())
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+# --------------------------------------------------------------------------- rules across keys
+
+
+def _entry_rule_findings(values: Mapping[str, Any]) -> list[Finding]:
+    """Rules that involve more than one key. They read the raw values defensively, so
+    they still run (and report) when some key failed type validation."""
+    return [
+        *_model_source_findings(values),
+        *_tool_parser_findings(values),
+        *_gpu_pin_findings(values),
+        *_extra_args_findings(values),
+        *_env_findings(values),
+        *_context_findings(values),
+    ]
+
+
+def _model_source_findings(values: Mapping[str, Any]) -> list[Finding]:
+    if values.get("type") == PROVIDER_VLLM:
+        if values.get("model_id"):
+            return []
+        return [("model_id", "is required for type: vllm (a Hugging Face id or a local model directory)")]
+    has_repo, has_file, has_path = (bool(values.get(key)) for key in ("repo_id", "filename", "path"))
+    if has_path and (has_repo or has_file):
+        return [("path", "set either repo_id + filename or path, not both")]
+    if has_path or (has_repo and has_file):
+        return []
+    if has_repo != has_file:
+        missing = "filename" if has_repo else "repo_id"
+        return [(missing, "is required: repo_id and filename go together")]
+    return [(None, "a gguf entry with backend: vllm needs repo_id + filename, or a local path")]
+
+
+def _tool_parser_findings(values: Mapping[str, Any]) -> list[Finding]:
+    tool_support = values.get("tool_support")
+    if tool_support not in (None, *TOOL_SUPPORT_VALUES):
+        return []  # already reported as an invalid tool_support
+    if values.get("tool_call_parser") or get_tool_format(values) != TOOL_FORMAT_NATIVE:
+        return []
+    if tool_support:
+        why = "tool_support is native"
+    elif values.get("tool_format"):
+        why = "tool_format is native"
+    else:
+        why = "tools default to native for vLLM"
+    message = (
+        f"is required because {why}: vLLM only returns tool calls with a parser for the model's format "
+        f"(common: {', '.join(COMMON_TOOL_CALL_PARSERS)}); or set tool_support: react or none"
+    )
+    return [("tool_call_parser", message)]
+
+
+def _gpu_pin_findings(values: Mapping[str, Any]) -> list[Finding]:
+    size = values.get("tensor_parallel_size")
+    if values.get("gpu") is None or not isinstance(size, int) or size <= 1:
+        return []
+    return [("gpu", f"pins one GPU, but tensor_parallel_size {size} needs {size}; drop one of them")]
+
+
+def _extra_args_findings(values: Mapping[str, Any]) -> list[Finding]:
+    args = values.get("extra_args")
+    if not isinstance(args, list):
+        return []
+    return [("extra_args", message) for message in reserved_flag_problems([str(arg) for arg in args])]
+
+
+def _env_findings(values: Mapping[str, Any]) -> list[Finding]:
+    env = values.get("env")
+    if not isinstance(env, dict):
+        return []
+    return [(f"env.{name}", RESERVED_ENV_VARS[name]) for name in env if name in RESERVED_ENV_VARS]
+
+
+def _context_findings(values: Mapping[str, Any]) -> list[Finding]:
+    window, limit = values.get("context_window"), values.get("max_model_len")
+    if not (isinstance(window, int) and isinstance(limit, int)) or window <= limit:
+        return []
+    message = f"{window} is above max_model_len {limit}: vLLM would reject the longer prompts llm-bawt sends"
+    return [("context_window", message)]
+
+
+def _cross_entry_problems(path: Path, models: Mapping[str, ModelEntry]) -> list[ConfigProblem]:
+    ports = {alias: entry.port for alias, entry in models.items() if entry.port is not None}
+    served_names = {alias: entry.served_name for alias, entry in models.items()}
+    return [
+        *_duplicate_value_problems(path, "port", ports),
+        *_duplicate_value_problems(path, "served_model_name", served_names),
+    ]
+
+
+def _duplicate_value_problems(path: Path, key: str, value_by_alias: Mapping[str, Any]) -> list[ConfigProblem]:
+    """One problem for every entry reusing a value an earlier entry already has."""
+    first_alias_with: dict[Any, str] = {}
+    problems = []
+    for alias, value in value_by_alias.items():
+        if value in first_alias_with:
+            message = f"'{value}' is already used by '{first_alias_with[value]}'"
+            problems.append(ConfigProblem(path, alias, key, message))
+        first_alias_with.setdefault(value, alias)
+    return problems
+
+
+def _settings_consistency_problems(
+    path: Path, settings: Settings, models: Mapping[str, ModelEntry]
+) -> list[ConfigProblem]:
+    problems = []
+    low, high = settings.port_range
+    if low <= settings.gateway_port <= high:
+        message = f"{settings.gateway_port} is inside port_range {low}-{high}, where model servers listen"
+        problems.append(ConfigProblem(path, None, f"{GLOBAL_SECTION}.gateway_port", message))
+    if settings.restart_backoff_max_s < settings.restart_backoff_s:
+        message = f"must be >= restart_backoff_s ({settings.restart_backoff_s})"
+        problems.append(ConfigProblem(path, None, f"{GLOBAL_SECTION}.restart_backoff_max_s", message))
+    problems += [
+        ConfigProblem(path, alias, "port", f"{entry.port} is the gateway's port (bawt_vllm.gateway_port)")
+        for alias, entry in models.items()
+        if entry.port == settings.gateway_port
+    ]
+    return problems

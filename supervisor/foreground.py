@@ -1,0 +1,110 @@
+"""`bawt-vllm up MODEL --foreground`: one supervisor in this terminal, until Ctrl-C.
+
+Starts the model, shows its load stages as vLLM logs them, prints where to reach it, keeps
+it supervised, and on Ctrl-C or SIGTERM stops the whole tree and shows the proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from .config import Config
+from .instance import Event, Instance, StartFailed, State, StopResult
+from .pool import Pool, RecoveryReport
+from .process import become_subreaper
+from .signals import SignalHub
+
+Say = Callable[[str], None]
+
+
+def openai_entry_yaml(alias: str, base_url: str, *, tool_support: str | None = None,
+                      context_window: int | None = None, max_tokens: int | None = None) -> str:
+    """The llm-bawt `type: openai` entry that reaches a supervised model."""
+    lines = [f"{alias}:", "  type: openai", f"  model_id: {alias}", f"  base_url: {base_url}"]
+    if tool_support:
+        lines.append(f"  tool_support: {tool_support}")
+    if context_window:
+        lines.append(f"  context_window: {context_window}")
+    if max_tokens:
+        lines.append(f"  max_tokens: {max_tokens}")
+    return "\n".join(lines)
+
+
+def describe_recovery(report: RecoveryReport) -> list[str]:
+    lines = [f"adopted {alias}, left running by a previous supervisor" for alias in report.adopted]
+    for stop in report.stopped:
+        lines.append(f"stopped {stop.alias}, left behind by a previous supervisor: {stop.proof()}")
+    return lines
+
+
+def describe_stop(result: StopResult) -> str:
+    if not result.was_running:
+        return f"{result.alias}: was not running"
+    verdict = "gone" if result.clean else "NOT CLEAN"
+    return f"{result.alias}: {verdict} in {result.took_s:.2f}s ({result.proof()})"
+
+
+async def run_foreground(config: Config, alias: str, say: Say, *, pool: Pool | None = None) -> int:
+    """Supervise `alias` until a signal; the process exit status."""
+    config.entry(alias)
+    become_subreaper()
+    hub = SignalHub()
+    hub.install()
+    pool = pool or Pool(config)
+    try:
+        for line in describe_recovery(await pool.recover(adopt=False)):
+            say(line)
+        return await _serve_until_signal(pool, alias, hub, say)
+    finally:
+        for result in await pool.close():
+            if result.was_running:
+                say(describe_stop(result))
+        hub.uninstall()
+
+
+async def _serve_until_signal(pool: Pool, alias: str, hub: SignalHub, say: Say) -> int:
+    instance = await pool.up(alias, wait=False)
+    instance.add_listener(lambda _inst, event: say(_format_event(event)))
+    say(f"starting {alias}: {instance.serve_command().display()}")
+    if not await _until_ready_or_signal(instance, hub):
+        say(f"interrupted by {hub.received.name if hub.received else 'signal'} before {alias} was ready")
+        return 130
+    if instance.state is not State.READY:
+        error = instance.last_error or StartFailed(alias, f"ended {instance.state.value}")
+        say(error.details())
+        return 1
+    entry = instance.entry
+    say(f"{alias} is ready at {instance.endpoint}")
+    say("llm-bawt entry:\n" + openai_entry_yaml(alias, instance.endpoint, tool_support=entry.tool_support,
+                                                context_window=entry.context_window, max_tokens=entry.max_tokens))
+    say("Ctrl-C stops it.")
+    while not hub.shutdown.is_set():
+        if instance.state is State.FAILED:
+            say((instance.last_error or StartFailed(alias, "failed")).details())
+            return 1
+        await _first_of(hub.shutdown.wait(), instance.wait_change())
+    return 0
+
+
+async def _until_ready_or_signal(instance: Instance, hub: SignalHub) -> bool:
+    """Wait for the load to settle; False if a signal came first."""
+    while instance.state in (State.STARTING, State.UNHEALTHY):
+        if hub.shutdown.is_set():
+            return False
+        await _first_of(hub.shutdown.wait(), instance.wait_change())
+    return not hub.shutdown.is_set()
+
+
+async def _first_of(*awaitables: object) -> None:
+    tasks = [asyncio.ensure_future(a) for a in awaitables]  # type: ignore[arg-type]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _format_event(event: Event) -> str:
+    label = event.stage or event.state.value
+    return f"  [{label}] {event.message}"

@@ -1,0 +1,484 @@
+"""One supervised `vllm serve`: an explicit state machine with a single writer.
+
+States and the moves allowed between them live in `TRANSITIONS`; only `Instance._enter`
+changes the state, and every change is an `Event` with a timestamp. A supervision task owns
+the process while it runs: it starts it, follows the load, watches liveness after ready,
+restarts with capped exponential backoff, and gives up as `failed` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .command import ServeCommand, build_serve_command
+from .config import ModelEntry, Settings
+from .gpus import GpuInventory, NoGpuInventory, VramRelease, used_bytes, wait_vram_released
+from .process import KillReport, ProcessIdentity, ServeProcess
+from .readiness import HealthProbe, LogFollower, classify_line, read_log_tail
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING}),
+    State.STARTING: frozenset({State.STARTING, State.READY, State.FAILED, State.STOPPING}),
+    State.READY: frozenset({State.UNHEALTHY, State.STARTING, State.STOPPING, State.FAILED}),
+    State.UNHEALTHY: frozenset({State.READY, State.STARTING, State.STOPPING, State.FAILED}),
+    State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
+    State.FAILED: frozenset({State.STARTING, State.STOPPING}),
+}
+
+LIVE_STATES = frozenset({State.STARTING, State.READY, State.UNHEALTHY})
+
+# Consecutive failed health checks after which a ready instance is restarted. vLLM answers
+# 503 once its engine is dead and exits a few seconds later, so a few checks is enough.
+UNHEALTHY_CHECKS_BEFORE_RESTART = 3
+# An instance that stayed ready this long has its restart count forgiven.
+RESTART_FORGIVE_AFTER_S = 600.0
+LOG_FILES_KEPT = 20
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class StartFailed(RuntimeError):
+    """A start that did not reach ready: why, the exit code if it exited, the log tail."""
+
+    def __init__(self, alias: str, reason: str, *, exit_code: int | None = None,
+                 log_tail: list[str] | None = None, log_path: Path | None = None) -> None:
+        self.alias = alias
+        self.reason = reason
+        self.exit_code = exit_code
+        self.log_tail = log_tail or []
+        self.log_path = log_path
+        super().__init__(f"{alias}: {reason}")
+
+    def details(self) -> str:
+        lines = [str(self)]
+        if self.log_path is not None:
+            lines.append(f"log: {self.log_path}")
+        if self.log_tail:
+            lines.append("last log lines:")
+            lines.extend(f"  {line}" for line in self.log_tail)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    state: State
+    message: str
+    stage: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "state": self.state.value, "message": self.message, "stage": self.stage}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an instance runs: its port and GPU indices (empty: on the CPU)."""
+
+    port: int
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass
+class StopResult:
+    alias: str
+    took_s: float
+    was_running: bool
+    sigkilled: list[int] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)
+    processes_checked: int = 0
+    vram: VramRelease | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.survivors and (self.vram is None or self.vram.proven)
+
+    def proof(self) -> str:
+        if not self.was_running:
+            return "was not running"
+        parts = [f"{self.processes_checked} process(es) of the tree checked, "
+                 + ("none alive" if not self.survivors else f"STILL ALIVE: {self.survivors}")]
+        if self.sigkilled:
+            parts.append(f"SIGKILLed after the grace period: {self.sigkilled}")
+        if self.vram is not None:
+            parts.append(self.vram.detail)
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias, "took_s": round(self.took_s, 3), "was_running": self.was_running,
+            "sigkilled": self.sigkilled, "survivors": self.survivors,
+            "processes_checked": self.processes_checked, "clean": self.clean, "proof": self.proof(),
+            "vram_freed_bytes": None if self.vram is None else self.vram.freed_bytes,
+            "vram_proven": None if self.vram is None else self.vram.proven,
+        }
+
+
+Listener = Callable[["Instance", Event], None]
+
+
+class Instance:
+    """A managed `vllm serve`: start, wait_ready, stop, state, endpoint, log."""
+
+    def __init__(
+        self,
+        entry: ModelEntry,
+        settings: Settings,
+        placement: Placement,
+        *,
+        log_dir: Path,
+        inventory: GpuInventory | None = None,
+        model_source: str | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.entry = entry
+        self.settings = settings
+        self.placement = placement
+        self.log_dir = log_dir
+        self.inventory = inventory or NoGpuInventory()
+        self.model_source = model_source
+        self.api_key = api_key
+        self.events: list[Event] = []
+        self.restarts = 0
+        self.last_error: StartFailed | None = None
+        self.stage: str | None = None
+        self.ready_since: float | None = None
+        self.log_path: Path | None = None
+        self._state = State.STOPPED
+        self._changed = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._process: ServeProcess | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._lifecycle = asyncio.Lock()
+        self._vram_before: int | None = None
+        self._vram_running: int | None = None
+        self._follower: LogFollower | None = None
+
+    # -- read side --------------------------------------------------------------------
+    @property
+    def alias(self) -> str:
+        return self.entry.alias
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{_url_host(self.settings.host)}:{self.placement.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def process(self) -> ServeProcess | None:
+        return self._process
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def log_tail(self, count: int = 20) -> list[str]:
+        return [] if self.log_path is None else read_log_tail(self.log_path, count)
+
+    def info(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "alias": self.alias, "state": self._state.value, "stage": self.stage,
+            "gpus": list(self.placement.gpus), "port": self.placement.port, "pid": self.pid,
+            "endpoint": self.endpoint, "served_name": self.entry.served_name,
+            "uptime_s": None if self.ready_since is None else round(now - self.ready_since, 1),
+            "restarts": self.restarts, "log": None if self.log_path is None else str(self.log_path),
+            "last_error": None if self.last_error is None else self.last_error.reason,
+            "vram_bytes": None if self._vram_running is None or self._vram_before is None
+            else max(0, self._vram_running - self._vram_before),
+        }
+
+    # -- the single writer of state ---------------------------------------------------
+    def _enter(self, state: State, message: str, stage: str | None = None) -> None:
+        if state not in TRANSITIONS[self._state]:
+            raise IllegalTransition(f"{self.alias}: {self._state} -> {state} is not allowed ({message})")
+        self._state = state
+        self._record(Event(time.time(), state, message, stage))
+
+    def _note(self, message: str, stage: str | None = None) -> None:
+        """An event that does not change the state (a load stage, a health blip)."""
+        self._record(Event(time.time(), self._state, message, stage))
+
+    def _record(self, event: Event) -> None:
+        self.events.append(event)
+        del self.events[:-500]
+        for listener in list(self._listeners):
+            listener(self, event)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self) -> None:
+        """Return at the next event (state change or note)."""
+        await self._changed.wait()
+
+    # -- commands ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin starting, unless a start is already under way or done (then join it)."""
+        async with self._lifecycle:
+            if self._state in LIVE_STATES:
+                return
+            self.restarts = 0
+            self.last_error = None
+            self._enter(State.STARTING, "start requested")
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise {self.alias}")
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once ready; raise StartFailed if it failed or was stopped instead."""
+        async def until_settled() -> None:
+            while self._state in (State.STARTING, State.UNHEALTHY):
+                await self.wait_change()
+        await asyncio.wait_for(until_settled(), timeout)
+        if self._state is State.READY:
+            return
+        if self.last_error is not None:
+            raise self.last_error
+        raise StartFailed(self.alias, f"is {self._state.value}, not ready")
+
+    async def ensure_ready(self, timeout: float | None = None) -> None:
+        await self.start()
+        await self.wait_ready(timeout)
+
+    async def stop(self) -> StopResult:
+        """Stop the whole tree and prove it is gone (and its VRAM back, on a GPU)."""
+        async with self._lifecycle:
+            if self._process is None and self._state in (State.STOPPED, State.FAILED):
+                if self._state is State.FAILED:
+                    self._enter(State.STOPPING, "stop requested")
+                    self._enter(State.STOPPED, "stopped (nothing was running)")
+                return StopResult(self.alias, 0.0, was_running=False)
+            self._enter(State.STOPPING, "stop requested")
+            await self._cancel_supervisor()
+            result = await self._end_process()
+            if result.survivors:
+                self._enter(State.FAILED, f"stop left processes alive: {result.survivors}")
+            else:
+                self._enter(State.STOPPED, f"stopped in {result.took_s:.2f}s: {result.proof()}")
+            return result
+
+    async def _cancel_supervisor(self) -> None:
+        task, self._supervisor = self._supervisor, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- supervision --------------------------------------------------------------------
+    async def adopt(self, process: ServeProcess, log_path: Path | None) -> None:
+        """Take over a running, healthy tree that a previous supervisor started."""
+        async with self._lifecycle:
+            self._process = process
+            self.log_path = log_path
+            self._enter(State.STARTING, f"adopting pid {process.pid} left running by a previous supervisor")
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(adopted=True), name=f"supervise {self.alias}")
+
+    async def _supervise(self, adopted: bool = False) -> None:
+        first_start = not adopted
+        launch = not adopted
+        while True:
+            try:
+                if launch:
+                    await self._launch()
+                    await self._wait_loaded()
+                launch = True
+            except StartFailed as failure:
+                self.last_error = failure
+                await self._end_process()
+                if first_start or self.restarts >= self.settings.max_restarts:
+                    self._enter(State.FAILED, failure.reason)
+                    return
+                await self._backoff(failure.reason)
+                continue
+            first_start = False
+            self.ready_since = time.time()
+            self._enter(State.READY, f"ready at {self.endpoint}")
+            reason = await self._watch()
+            self.ready_since = None
+            self.last_error = StartFailed(self.alias, reason, exit_code=self._exit_code(),
+                                          log_tail=self.log_tail(), log_path=self.log_path)
+            await self._end_process()
+            if self.restarts >= self.settings.max_restarts:
+                self._enter(State.FAILED, f"{reason}; gave up after {self.restarts} restart(s)")
+                return
+            await self._backoff(reason)
+
+    async def _backoff(self, reason: str) -> None:
+        delay = min(self.settings.restart_backoff_s * (2 ** self.restarts), self.settings.restart_backoff_max_s)
+        self.restarts += 1
+        self._enter(State.STARTING, f"{reason}; restart {self.restarts}/{self.settings.max_restarts} in {delay:.1f}s")
+        await asyncio.sleep(delay)
+
+    def _exit_code(self) -> int | None:
+        return None if self._process is None else self._process.exit_code()
+
+    def _next_log_path(self) -> Path:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        pattern = re.compile(rf"^{re.escape(self.alias)}\.(\d+)\.log$")
+        numbers = sorted(int(m.group(1)) for p in self.log_dir.iterdir() if (m := pattern.match(p.name)))
+        for old in numbers[: max(0, len(numbers) - LOG_FILES_KEPT + 1)]:
+            with contextlib.suppress(OSError):
+                (self.log_dir / f"{self.alias}.{old}.log").unlink()
+        return self.log_dir / f"{self.alias}.{(numbers[-1] + 1) if numbers else 1}.log"
+
+    def serve_command(self) -> ServeCommand:
+        gpus = list(self.placement.gpus) if self.placement.gpus else None
+        return build_serve_command(self.entry, self.settings, port=self.placement.port, gpus=gpus,
+                                   model_source=self.model_source, api_key=self.api_key)
+
+    async def _launch(self) -> None:
+        command = self.serve_command()
+        self.log_path = self._next_log_path()
+        self._vram_before = self._vram_reading()
+        self._vram_running = None
+        environment = {**os.environ, **command.env}
+        self._process = ServeProcess.spawn(command.argv, env=environment, log_path=self.log_path)
+        self._follower = LogFollower(self.log_path)
+        self.stage = "launched"
+        self._note(f"launched pid {self._process.pid}, log {self.log_path}", stage="launched")
+
+    def _vram_reading(self) -> int | None:
+        if not self.placement.gpus:
+            return None
+        gpus = self.inventory.snapshot()
+        return used_bytes(gpus, self.placement.gpus) if gpus else None
+
+    async def _wait_loaded(self) -> None:
+        """Follow the load until ready; raise StartFailed on exit, stall or total timeout."""
+        assert self._process is not None and self._follower is not None
+        process, follower = self._process, self._follower
+        probe = HealthProbe(self.endpoint.removesuffix("/v1"), self.entry.served_name, self.api_key)
+        started = time.monotonic()
+        next_http_check = started
+        try:
+            while True:
+                progress = follower.read()
+                announced_ready = self._follow_stages(progress.lines)
+                now = time.monotonic()
+                if announced_ready or now >= next_http_check:
+                    next_http_check = now + 0.5
+                    if await probe.ready():
+                        self._vram_running = self._vram_reading()
+                        process.refresh()
+                        return
+                if not process.running():
+                    follower.read()
+                    raise StartFailed(self.alias, f"vllm serve exited during load with code {process.exit_code()}",
+                                      exit_code=process.exit_code(), log_tail=follower.tail(), log_path=self.log_path)
+                stall = self.settings.ready_stall_timeout_s
+                if follower.silent_for() > stall:
+                    raise StartFailed(self.alias, f"load stalled: no log progress for {stall:.0f}s (stage: {self.stage})",
+                                      log_tail=follower.tail(), log_path=self.log_path)
+                total = self.settings.ready_total_timeout_s
+                if total is not None and now - started > total:
+                    raise StartFailed(self.alias, f"not ready after {total:.0f}s (stage: {self.stage})",
+                                      log_tail=follower.tail(), log_path=self.log_path)
+                await process.wait_exit(timeout=0.02)
+        finally:
+            await probe.close()
+
+    def _follow_stages(self, lines: list[str]) -> bool:
+        announced_ready = False
+        for line in lines:
+            stage = classify_line(line)
+            if stage is None:
+                continue
+            announced_ready = announced_ready or stage == "ready"
+            if stage != self.stage:
+                self.stage = stage
+                self._note(line.strip()[-200:], stage=stage)
+        return announced_ready
+
+    async def _watch(self) -> str:
+        """Watch a ready instance; return why it must be restarted."""
+        assert self._process is not None
+        process = self._process
+        probe = HealthProbe(self.endpoint.removesuffix("/v1"), self.entry.served_name, self.api_key)
+        failed_checks = 0
+        try:
+            while True:
+                code = await process.wait_exit(timeout=self.settings.health_interval_s)
+                if code is not None:
+                    return f"vllm serve exited with code {code} after being ready"
+                process.refresh()
+                if self.ready_since and time.time() - self.ready_since > RESTART_FORGIVE_AFTER_S:
+                    self.restarts = 0
+                healthy, why = await self._check(probe)
+                if healthy:
+                    if self._state is State.UNHEALTHY:
+                        self._enter(State.READY, "healthy again")
+                    failed_checks = 0
+                    continue
+                failed_checks += 1
+                if self._state is State.READY:
+                    self._enter(State.UNHEALTHY, why)
+                if failed_checks >= UNHEALTHY_CHECKS_BEFORE_RESTART:
+                    return f"unhealthy: {why} ({failed_checks} checks in a row)"
+        finally:
+            await probe.close()
+
+    async def _check(self, probe: HealthProbe) -> tuple[bool, str]:
+        status = await probe.health()
+        if status != 200:
+            return False, "/health did not answer" if status is None else f"/health answered {status}"
+        if self.settings.liveness_probe and not await probe.generates(self.settings.probe_timeout_s):
+            return False, f"1-token probe got no answer within {self.settings.probe_timeout_s:.0f}s"
+        return True, "ok"
+
+    async def _end_process(self) -> StopResult:
+        # The process stays recorded until the kill completes, so that a stop that cancels
+        # a supervisor halfway through a kill still finds the tree and finishes the job.
+        process = self._process
+        if process is None:
+            return StopResult(self.alias, 0.0, was_running=False)
+        report: KillReport = await process.kill_tree(self.settings.stop_grace_s)
+        vram = await self._prove_vram_released(process.known_members())
+        if self._process is process:
+            self._process = None
+        self.stage = None
+        return StopResult(self.alias, report.took_s + (vram.seconds if vram else 0.0), was_running=True,
+                          sigkilled=report.sigkilled, survivors=report.survivors,
+                          processes_checked=report.checked, vram=vram)
+
+    async def _prove_vram_released(self, members: list[ProcessIdentity]) -> VramRelease | None:
+        if not self.placement.gpus or not self.inventory.snapshot():
+            return None
+        return await wait_vram_released(
+            self.inventory, indices=self.placement.gpus, pids={m.pid for m in members},
+            used_before_start=self._vram_before, used_while_running=self._vram_running,
+            tolerance_bytes=self.settings.vram_tolerance_mib * 1024 * 1024,
+            timeout_s=self.settings.vram_release_timeout_s,
+        )
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,270 @@
+"""The pool: every instance this supervisor owns, where each runs, and when it goes.
+
+It places instances (a port from the range, a GPU no other instance of ours holds, or a
+CPU slot under the cap), evicts the least recently used idle instance when nothing is
+free, unloads instances idle past their TTL, records each running instance on disk, and
+on start finds what a previous supervisor left behind (adopting or stopping it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .command import build_serve_command
+from .config import Config, ModelEntry
+from .gpus import GpuInventory, GpuUnavailableError, choose_gpus, detect_inventory
+from .instance import LIVE_STATES, Event, Instance, Placement, State, StopResult
+from .ports import PortAllocator
+from .process import ServeProcess
+from .readiness import HealthProbe
+from .statefile import InstanceRecord, StateStore
+
+
+class CapacityError(RuntimeError):
+    """Nothing free to place an instance on, and nothing idle to evict."""
+
+
+@dataclass
+class Usage:
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    requests: int = 0
+
+
+@dataclass
+class RecoveryReport:
+    adopted: list[str] = field(default_factory=list)
+    stopped: list[StopResult] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.adopted and not self.stopped
+
+
+def entry_fingerprint(entry: ModelEntry, config: Config) -> str:
+    """Identifies what an entry would run, so a reload can tell changed entries apart."""
+    command = build_serve_command(entry, config.settings, port=0, gpus=None,
+                                  model_source=entry.model_id or "resolved")
+    blob = json.dumps({"argv": command.argv, "env": command.env, "entry": entry.model_dump(mode="json")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Pool:
+    def __init__(self, config: Config, *, inventory: GpuInventory | None = None,
+                 model_sources: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.inventory = inventory or detect_inventory()
+        self.store = StateStore(self.state_dir)
+        settings = config.settings
+        self.ports = PortAllocator(settings.host, settings.port_range[0], settings.port_range[1])
+        self.instances: dict[str, Instance] = {}
+        self.usage: dict[str, Usage] = {}
+        self.model_sources = model_sources or {}
+        self._placing = asyncio.Lock()
+        self._ttl_task: asyncio.Task[None] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.settings.state_dir)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    # -- placing and starting -----------------------------------------------------------
+    async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Instance:
+        """Start `alias` unless it is live already (then join it); with wait, until ready."""
+        entry = self.config.entry(alias)
+        async with self._placing:
+            instance = self.instances.get(alias)
+            if instance is None or instance.state not in LIVE_STATES:
+                instance = await self._place(entry, instance)
+                await instance.start()
+        if wait:
+            await instance.wait_ready(timeout)
+        return instance
+
+    async def _place(self, entry: ModelEntry, previous: Instance | None) -> Instance:
+        if previous is not None:
+            await previous.stop()
+            self._release(previous)
+        gpus = await self._gpus_for(entry)
+        port = self.ports.reserve(entry.port)
+        api_key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
+        instance = Instance(entry, self.config.settings, Placement(port, tuple(gpus)), log_dir=self.log_dir,
+                            inventory=self.inventory, model_source=self.model_sources.get(entry.alias),
+                            api_key=api_key)
+        instance.add_listener(self._on_event)
+        self.instances[entry.alias] = instance
+        self.usage.setdefault(entry.alias, Usage())
+        return instance
+
+    async def _gpus_for(self, entry: ModelEntry) -> list[int]:
+        while True:
+            try:
+                return self._try_gpus_for(entry)
+            except (GpuUnavailableError, CapacityError) as busy:
+                victim = self._eviction_candidate(exclude=entry.alias)
+                if victim is None:
+                    raise CapacityError(str(busy)) from busy
+                await self.down(victim.alias, reason=f"evicted (least recently used) to make room for {entry.alias}")
+
+    def _try_gpus_for(self, entry: ModelEntry) -> list[int]:
+        gpus = self.inventory.snapshot()
+        live = [i for i in self.instances.values() if i.state in LIVE_STATES or i.process is not None]
+        if not gpus:
+            cap = self.config.settings.max_cpu_instances
+            if len(live) >= cap:
+                names = ", ".join(i.alias for i in live)
+                raise CapacityError(f"{entry.alias}: no GPU here and the CPU cap of {cap} instance(s) "
+                                    f"is reached ({names}); raise bawt_vllm.max_cpu_instances or stop one")
+            return []
+        held = {gpu: i.alias for i in live for gpu in i.placement.gpus}
+        return choose_gpus(gpus, count=entry.tensor_parallel_size, held=held, pin=entry.gpu,
+                           memory_fraction=entry.gpu_memory_utilization, alias=entry.alias)
+
+    def _eviction_candidate(self, exclude: str) -> Instance | None:
+        idle = [i for i in self.instances.values()
+                if i.alias != exclude and i.state in LIVE_STATES and self.usage[i.alias].in_flight == 0]
+        return min(idle, key=lambda i: self.usage[i.alias].last_used, default=None)
+
+    # -- stopping -------------------------------------------------------------------------
+    async def down(self, alias: str, *, reason: str = "stop requested") -> StopResult:
+        self.config.entry(alias)  # unknown alias -> clear error
+        instance = self.instances.get(alias)
+        if instance is None:
+            return StopResult(alias, 0.0, was_running=False)
+        result = await instance.stop()
+        self._release(instance)
+        return result
+
+    async def down_all(self) -> list[StopResult]:
+        return list(await asyncio.gather(*(self.down(alias) for alias in list(self.instances))))
+
+    def _release(self, instance: Instance) -> None:
+        if instance.process is None:
+            self.ports.release(instance.placement.port)
+            self.store.remove(instance.alias)
+
+    # -- usage (the gateway's view) -------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def in_use(self, alias: str) -> AsyncIterator[Usage]:
+        usage = self.usage.setdefault(alias, Usage())
+        usage.in_flight += 1
+        usage.requests += 1
+        try:
+            yield usage
+        finally:
+            usage.in_flight -= 1
+            usage.last_used = time.monotonic()
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = []
+        for alias in self.config.models:
+            instance = self.instances.get(alias)
+            usage = self.usage.get(alias, Usage())
+            row = instance.info() if instance else {"alias": alias, "state": State.STOPPED.value}
+            row["in_flight"] = usage.in_flight
+            row["idle_s"] = None if instance is None or instance.state not in LIVE_STATES else round(
+                time.monotonic() - usage.last_used, 1)
+            rows.append(row)
+        return rows
+
+    # -- idle TTL -------------------------------------------------------------------------
+    def start_ttl_reaper(self, interval_s: float = 1.0) -> None:
+        if self._ttl_task is None:
+            self._ttl_task = asyncio.get_running_loop().create_task(self._reap_idle(interval_s))
+
+    async def _reap_idle(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            for alias in self.expired_aliases():
+                await self.down(alias, reason="idle TTL")
+
+    def expired_aliases(self) -> list[str]:
+        now = time.monotonic()
+        expired = []
+        for alias, instance in self.instances.items():
+            ttl = instance.entry.idle_ttl_s or self.config.settings.idle_ttl_s
+            usage = self.usage[alias]
+            if ttl and instance.state is State.READY and usage.in_flight == 0 and now - usage.last_used > ttl:
+                expired.append(alias)
+        return expired
+
+    async def close(self) -> list[StopResult]:
+        if self._ttl_task is not None:
+            self._ttl_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ttl_task
+        return await self.down_all()
+
+    # -- records and recovery ---------------------------------------------------------------
+    def _on_event(self, instance: Instance, event: Event) -> None:
+        process = instance.process
+        if process is None or event.state not in LIVE_STATES:
+            return
+        if event.stage not in (None, "launched") and event.state is State.STARTING:
+            return
+        self.store.save(InstanceRecord(
+            alias=instance.alias, pid=process.pid, create_time=process.root.create_time,
+            pgid=process.pgid, sid=process.sid, port=instance.placement.port,
+            gpus=list(instance.placement.gpus), log=str(instance.log_path) if instance.log_path else None,
+            served_name=instance.entry.served_name, started_at=time.time(),
+            config_fingerprint=entry_fingerprint(instance.entry, self.config),
+            members=[[m.pid, m.create_time] for m in process.known_members()],
+        ))
+
+    async def recover(self, *, adopt: bool = True) -> RecoveryReport:
+        """Find instances a previous supervisor left running: adopt the healthy ones we still
+        configure unchanged, stop the rest. Processes are matched by pid and start time."""
+        report = RecoveryReport()
+        for record in self.store.load_all():
+            process = ServeProcess.adopt(record.root, pgid=record.pgid, sid=record.sid,
+                                         known=record.member_identities())
+            if not process.refresh():
+                self.store.remove(record.alias)
+                report.gone.append(record.alias)
+                continue
+            if adopt and await self._adoptable(record):
+                await self._adopt(record, process)
+                report.adopted.append(record.alias)
+                continue
+            kill = await process.kill_tree(self.config.settings.stop_grace_s)
+            report.stopped.append(StopResult(record.alias, kill.took_s, was_running=True, sigkilled=kill.sigkilled,
+                                             survivors=kill.survivors, processes_checked=kill.checked))
+            if kill.clean:
+                self.store.remove(record.alias)
+        return report
+
+    async def _adoptable(self, record: InstanceRecord) -> bool:
+        entry = self.config.models.get(record.alias)
+        if entry is None or entry_fingerprint(entry, self.config) != record.config_fingerprint:
+            return False
+        base = f"http://{self.config.settings.host}:{record.port}"
+        probe = HealthProbe(base, record.served_name)
+        try:
+            return await probe.ready()
+        finally:
+            await probe.close()
+
+    async def _adopt(self, record: InstanceRecord, process: ServeProcess) -> None:
+        entry = self.config.entry(record.alias)
+        self.ports.claim(record.port)
+        instance = Instance(entry, self.config.settings, Placement(record.port, tuple(record.gpus)),
+                            log_dir=self.log_dir, inventory=self.inventory)
+        instance.add_listener(self._on_event)
+        self.instances[record.alias] = instance
+        self.usage.setdefault(record.alias, Usage())
+        await instance.adopt(process, Path(record.log) if record.log else None)
+        await instance.wait_ready(timeout=30)

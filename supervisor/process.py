@@ -1,0 +1,320 @@
+"""One `vllm serve` process tree: spawn it, know its members, and end all of them.
+
+A process is ours by pid *and* start time (a pid alone can be reused), and a tree is
+everything we have ever seen below the root plus everything still in the root's session.
+That matters because vLLM's API server forks `VLLM::EngineCore`, which forks the workers;
+when the API server dies hard they are re-parented away from it but keep its session and
+process group, so that is how they are found again. Nothing here ever looks at names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True, order=True)
+class ProcessIdentity:
+    """A process as the kernel saw it when we met it: pid plus start time."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity | None:
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+
+    def process(self) -> psutil.Process | None:
+        """The live process with this identity, or None if it is gone, reused or a zombie."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when its parent thread dies."""
+    _libc().prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of orphaned descendants (Linux >= 3.4).
+
+    Without it, a vLLM EngineCore orphaned by a dying API server is re-parented to init,
+    which in a container may never reap it. With it, it comes to us and we reap it.
+    """
+    return _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    # SIGTERM, not SIGKILL: vLLM's API server tears down its EngineCore and workers on
+    # SIGTERM, whereas a SIGKILL would orphan them (the very failure we guard against).
+    set_parent_death_signal(signal.SIGTERM)
+
+
+@dataclass
+class KillReport:
+    """What ending a tree took."""
+
+    took_s: float
+    terminated: list[int] = field(default_factory=list)
+    sigkilled: list[int] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.survivors
+
+
+class ServeProcess:
+    """A started (or adopted) `vllm serve` and every process it grew."""
+
+    def __init__(
+        self,
+        root: ProcessIdentity,
+        *,
+        pgid: int,
+        sid: int,
+        popen: subprocess.Popen[bytes] | None = None,
+        known: Iterable[ProcessIdentity] = (),
+    ) -> None:
+        self.root = root
+        self.pgid = pgid
+        self.sid = sid
+        self._popen = popen
+        self._known: set[ProcessIdentity] = {root, *known}
+        self._exit_code: int | None = None
+
+    # -- starting ---------------------------------------------------------------------
+    @classmethod
+    def spawn(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        log_path: Path,
+        cwd: Path | None = None,
+    ) -> ServeProcess:
+        """Start argv in a new session with output appended to log_path.
+
+        Must be called from a long-lived thread (the event loop's): the parent-death
+        signal fires when the *thread* that forked exits.
+        """
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab", buffering=0) as log:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+                close_fds=True,
+            )
+        identity = ProcessIdentity.of(popen.pid) or ProcessIdentity(popen.pid, time.time())
+        return cls(identity, pgid=popen.pid, sid=popen.pid, popen=popen)
+
+    @classmethod
+    def adopt(
+        cls, root: ProcessIdentity, *, pgid: int, sid: int, known: Iterable[ProcessIdentity] = ()
+    ) -> ServeProcess:
+        """Take charge of a tree a previous supervisor started (not our child)."""
+        return cls(root, pgid=pgid, sid=sid, known=known)
+
+    # -- observing --------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.root.pid
+
+    @property
+    def is_child(self) -> bool:
+        return self._popen is not None
+
+    def exit_code(self) -> int | None:
+        """The root's exit status once it has exited (reaped), else None.
+
+        Negative values are signals, as in subprocess. For an adopted root, whose status we
+        cannot collect, -1 stands for "exited".
+        """
+        if self._exit_code is not None:
+            return self._exit_code
+        if self._popen is not None:
+            self._exit_code = self._popen.poll()
+        elif not self.root.alive():
+            self._exit_code = -1
+        return self._exit_code
+
+    def running(self) -> bool:
+        return self.exit_code() is None
+
+    def refresh(self) -> list[ProcessIdentity]:
+        """Record every live member of the tree and return them.
+
+        Members: the root, its descendants, any process still in its session, and any we
+        recorded before (an escaped child that called setsid is only known this way).
+        """
+        live: dict[int, ProcessIdentity] = {}
+        for ident in self._known:
+            if ident.alive():
+                live[ident.pid] = ident
+        for proc in self._descendants() + self._session_members():
+            ident = ProcessIdentity.of(proc.pid)
+            if ident is not None and ident.alive():
+                live[ident.pid] = ident
+        self._known |= set(live.values())
+        return sorted(live.values())
+
+    def known_members(self) -> list[ProcessIdentity]:
+        return sorted(self._known)
+
+    def _descendants(self) -> list[psutil.Process]:
+        proc = self.root.process()
+        if proc is None:
+            return []
+        try:
+            return proc.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def _session_members(self) -> list[psutil.Process]:
+        members = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != os.getpid() and os.getsid(proc.pid) == self.sid:
+                    members.append(proc)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        return members
+
+    async def wait_exit(self, timeout: float | None = None) -> int | None:
+        """Wait for the root to exit; the exit code, or None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = _PidWaiter(self.root.pid)
+        try:
+            while self.exit_code() is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                await waiter.wait(0.25 if remaining is None else min(remaining, 0.25))
+            return self._exit_code
+        finally:
+            waiter.close()
+
+    # -- ending -----------------------------------------------------------------------
+    async def kill_tree(self, grace_s: float) -> KillReport:
+        """SIGTERM the group, wait up to grace_s, SIGKILL what is left, sweep, reap.
+
+        Returns only when no member of the tree is alive (or reports the survivors).
+        """
+        started = time.monotonic()
+        members = self.refresh()
+        report = KillReport(took_s=0.0, terminated=[m.pid for m in members])
+        self._signal_group(signal.SIGTERM)
+        _signal(self.root, signal.SIGTERM)  # in case the root left its group
+        await self._wait_gone(grace_s)
+        leftovers = self.refresh()
+        if leftovers:
+            self._signal_group(signal.SIGKILL)
+            for member in leftovers:
+                _signal(member, signal.SIGKILL)
+            report.sigkilled = [m.pid for m in leftovers]
+            await self._wait_gone(5.0)
+        self._reap()
+        report.survivors = [m.pid for m in self.refresh()]
+        report.checked = len(self._known)
+        report.took_s = time.monotonic() - started
+        return report
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+
+    async def _wait_gone(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reap()
+            alive = [m for m in self._known if m.alive()]
+            if not alive or time.monotonic() >= deadline:
+                return
+            waiter = _PidWaiter(alive[0].pid)
+            try:
+                await waiter.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            finally:
+                waiter.close()
+
+    def _reap(self) -> None:
+        """Collect exit statuses so no member lingers as a zombie of ours."""
+        if self._popen is not None:
+            self.exit_code()
+        for member in self._known:
+            if self._popen is not None and member.pid == self._popen.pid:
+                continue
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(member.pid, os.WNOHANG)
+
+
+def _signal(member: ProcessIdentity, sig: int) -> None:
+    proc = member.process()
+    if proc is None:
+        return
+    with contextlib.suppress(psutil.Error):
+        proc.send_signal(sig)
+
+
+class _PidWaiter:
+    """Wakes when a pid exits, through a pidfd where the kernel has them (no polling)."""
+
+    def __init__(self, pid: int) -> None:
+        self._fd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._fd = os.pidfd_open(pid)
+
+    async def wait(self, timeout: float) -> None:
+        if self._fd is None:
+            await asyncio.sleep(min(timeout, 0.02))
+            return
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,169 @@
+"""Knowing when a `vllm serve` is really ready, and when it has stopped making progress.
+
+vLLM refuses connections until the engine is loaded; what it does meanwhile is only in its
+log. We follow the log for load stages (so users see weights, KV cache, graph capture go by)
+and for *progress*: a load fails when the log has been silent for the stall timeout, not
+after a fixed total, so a 150 s load of a 32B model passes and a hung one does not.
+Ready means `/health` answers 200 and `/v1/models` lists the served name.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+# (stage name, pattern) in load order; the first match of a line wins.
+LOAD_STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ready", re.compile(r"Application startup complete")),
+    ("serving", re.compile(r"Starting vLLM API server|Uvicorn running on")),
+    ("graph capture", re.compile(r"Capturing CUDA graph|Graph capturing finished|cudagraph", re.I)),
+    ("compiling", re.compile(r"torch\.compile|Compiling a graph|compilation", re.I)),
+    ("kv cache", re.compile(r"KV cache|GPU blocks|CPU blocks|num_gpu_blocks", re.I)),
+    ("weights loaded", re.compile(r"Model loading took|Loading weights took", re.I)),
+    ("loading weights", re.compile(r"Loading (safetensors|pt|gguf)|checkpoint shards|Starting to load model", re.I)),
+    ("downloading", re.compile(r"Downloading|\.safetensors.*\d+%|Fetching \d+ files", re.I)),
+    ("engine starting", re.compile(r"Initializing a V1 LLM engine|EngineCore|Initializing .*engine", re.I)),
+)
+
+
+def classify_line(line: str) -> str | None:
+    """The load stage a log line announces, if any."""
+    for stage, pattern in LOAD_STAGES:
+        if pattern.search(line):
+            return stage
+    return None
+
+
+@dataclass
+class LogProgress:
+    """New log output since the previous read."""
+
+    lines: list[str]
+    grew: bool
+
+
+class LogFollower:
+    """Reads a growing log file incrementally and remembers its tail.
+
+    Progress bars rewrite one line with carriage returns; each rewrite still grows the
+    file, which is what counts as progress.
+    """
+
+    def __init__(self, path: Path, *, offset: int = 0, tail_lines: int = 40) -> None:
+        self.path = path
+        self._offset = offset
+        self._partial = b""
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self.last_growth = time.monotonic()
+
+    def read(self) -> LogProgress:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return LogProgress([], False)
+        if not chunk:
+            return LogProgress([], False)
+        self._offset += len(chunk)
+        self.last_growth = time.monotonic()
+        data = self._partial + chunk
+        pieces = re.split(rb"\r\n|\n|\r", data)
+        self._partial = pieces.pop()
+        lines = [p.decode("utf-8", "replace") for p in pieces if p.strip()]
+        self._tail.extend(lines)
+        return LogProgress(lines, True)
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_growth
+
+    def tail(self, count: int = 20) -> list[str]:
+        lines = list(self._tail)
+        if self._partial.strip():
+            lines.append(self._partial.decode("utf-8", "replace"))
+        return lines[-count:]
+
+
+def read_log_tail(path: Path, count: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last `count` lines of a log file (reading at most its last max_bytes)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    lines = [p.decode("utf-8", "replace") for p in re.split(rb"\r\n|\n|\r", data) if p.strip()]
+    return lines[-count:]
+
+
+def iter_stages(lines: list[str]) -> Iterator[tuple[str, str]]:
+    for line in lines:
+        stage = classify_line(line)
+        if stage is not None:
+            yield stage, line
+
+
+class HealthProbe:
+    """HTTP checks against one instance's own endpoint."""
+
+    def __init__(self, base_url: str, served_name: str, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.served_name = served_name
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self, timeout_s: float = 2.0) -> int | None:
+        """Status of GET /health, or None when nothing answers."""
+        try:
+            async with self._client().get(
+                f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                return response.status
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
+    async def lists_model(self, timeout_s: float = 2.0) -> bool:
+        """Whether GET /v1/models lists our served name."""
+        try:
+            async with self._client().get(
+                f"{self.base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                if response.status != 200:
+                    return False
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return False
+        return any(item.get("id") == self.served_name for item in body.get("data", []))
+
+    async def ready(self) -> bool:
+        return await self.health() == 200 and await self.lists_model()
+
+    async def generates(self, timeout_s: float) -> bool:
+        """A 1-token completion: catches an engine that hangs while /health still says 200."""
+        payload = {"model": self.served_name, "prompt": "ok", "max_tokens": 1, "temperature": 0}
+        try:
+            async with self._client().post(
+                f"{self.base_url}/v1/completions", json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False

@@ -1,0 +1,87 @@
+"""What a supervisor leaves on disk so the next one can find its survivors.
+
+One JSON record per running instance: alias, pid, process start time, pgid, sid, GPUs,
+port, log, and every member of the tree seen so far. A supervisor that was SIGKILLed or
+OOM-killed leaves these behind; the next start checks each process by pid *and* start time
+(never by name) and either adopts the instance or stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .process import ProcessIdentity
+
+
+@dataclass
+class InstanceRecord:
+    alias: str
+    pid: int
+    create_time: float
+    pgid: int
+    sid: int
+    port: int
+    gpus: list[int]
+    log: str | None
+    served_name: str
+    started_at: float
+    config_fingerprint: str = ""
+    members: list[list[float]] = field(default_factory=list)  # [pid, create_time] pairs
+
+    @property
+    def root(self) -> ProcessIdentity:
+        return ProcessIdentity(self.pid, self.create_time)
+
+    def member_identities(self) -> list[ProcessIdentity]:
+        return [ProcessIdentity(int(pid), float(created)) for pid, created in self.members]
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write via a temp file in the same directory and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+class StateStore:
+    """Instance records under <state_dir>/instances/."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / "instances"
+
+    def save(self, record: InstanceRecord) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(self._path(record.alias), json.dumps(asdict(record), indent=1).encode())
+
+    def remove(self, alias: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(alias).unlink()
+
+    def load_all(self) -> list[InstanceRecord]:
+        records = []
+        if not self.directory.is_dir():
+            return records
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                records.append(InstanceRecord(**json.loads(path.read_text())))
+            except (ValueError, TypeError):
+                path.rename(path.with_suffix(".corrupt"))
+        return records
+
+    def _path(self, alias: str) -> Path:
+        return self.directory / f"{alias}.json"
