@@ -52,7 +52,13 @@ Quantization = Literal[
     "compressed-tensors",
     "gguf",
     "mxfp4",
+    "modelopt",
+    "modelopt_fp4",
+    "experts_int8",
+    "moe_wna16",
 ]
+"""Common `--quantization` methods. vLLM's list changes between releases; a method missing here can
+still be passed through extra_args."""
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 ToolSupport = Literal["native", "react", "xml", "none"]
 
@@ -313,6 +319,7 @@ class ModelEntry(BaseModel):
 ENTRY_KEYS = frozenset(ModelEntry.model_fields) - {"alias"}
 SETTINGS_KEYS = frozenset(Settings.model_fields)
 
+_ENV_NAME_TEXT = "must be an environment variable name (letters, digits and underscores)"
 _EXPECTATIONS = {
     "context_window": "must be an integer > 0",
     "max_tokens": "must be an integer > 0",
@@ -323,11 +330,14 @@ _EXPECTATIONS = {
     "gateway_port": "must be a port number from 1024 to 65535",
     "port_range": "must be [low, high] with 1024 <= low <= high <= 65535",
     "gpu_memory_utilization": "must be a number > 0 and <= 1",
-    "quantization": f"must be one of {', '.join(QUANTIZATIONS)} (or null to auto-detect)",
+    "quantization": (
+        f"must be one of {', '.join(QUANTIZATIONS)}, or null to auto-detect "
+        "(other methods can go in extra_args)"
+    ),
     "dtype": f"must be one of {', '.join(DTYPES)}",
     "tool_support": f"must be one of {', '.join(TOOL_SUPPORT_VALUES)}",
     "backend": "must be 'vllm'",
-    "api_key_env": "must be an environment variable name (letters, digits and underscores)",
+    "api_key_env": _ENV_NAME_TEXT,
     "extra_args": "must be a list of strings, e.g. ['--max-num-seqs', '8']",
 }
 """What a key accepts, for keys where pydantic's own wording would be vague."""
@@ -341,7 +351,7 @@ _ERROR_TYPE_TEXT = {
     "float_parsing": "must be a number",
     "float_type": "must be a number",
     "string_type": "must be a string",
-    "string_pattern_mismatch": "must be an environment variable name (letters, digits and underscores)",
+    "string_pattern_mismatch": _ENV_NAME_TEXT,
     "list_type": "must be a list",
     "dict_type": "must be a map",
 }
@@ -599,7 +609,7 @@ def _validation_findings(error: ValidationError, values: Mapping[str, Any]) -> l
     """Rewrite pydantic's errors as '<what the key accepts> (got <value>)', one per key."""
     findings: dict[str | None, str] = {}
     for detail in error.errors():
-        location = [str(part) for part in detail["loc"]]
+        location = [str(part) for part in detail["loc"] if part != "[key]"]  # pydantic marks bad dict keys
         top_key = location[0] if location else None
         if top_key in _EXPECTATIONS:
             key, expected, got = top_key, _EXPECTATIONS[top_key], values.get(top_key)

@@ -322,7 +322,8 @@ class Instance:
             self.ready_since = None
             self.last_error = StartFailed(self.alias, reason, exit_code=self._exit_code(),
                                           log_tail=self.log_tail(), log_path=self.log_path)
-            await self._end_process()
+            cleanup = await self._end_process()
+            self._note(f"{reason}; what was left of the tree is gone: {cleanup.proof()}")
             if self.restarts >= self.settings.max_restarts:
                 self._enter(State.FAILED, f"{reason}; gave up after {self.restarts} restart(s)")
                 return
