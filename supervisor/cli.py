@@ -65,27 +65,149 @@ def config_check(config: ConfigOption = None) -> None:
 def up(
     model: Annotated[str, typer.Argument(help="Alias from models.yaml.")],
     config: ConfigOption = None,
-    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Supervise in this terminal until Ctrl-C.")]
-    = False,
+    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Supervise in this terminal until Ctrl-C, "
+                                             "without a daemon.")] = False,
 ) -> None:
-    """Start MODEL and wait until it is ready."""
-    import asyncio
-
-    from .config import UnknownModelError
-    from .foreground import run_foreground
-
+    """Load MODEL (starting the daemon if none runs) and wait until it is ready."""
     loaded = _load(config)
+    _known(loaded, model)
+    if foreground:
+        import asyncio
+
+        from .foreground import run_foreground
+
+        raise typer.Exit(asyncio.run(run_foreground(loaded, model, _say)))
+    client = _client(loaded, autostart=True)
+    from .client import DaemonError
+
     try:
-        loaded.entry(model)
-    except UnknownModelError as error:
-        raise _fail(str(error.args[0] if error.args else error), 2) from None
-    code = asyncio.run(run_foreground(loaded, model, _say))
-    raise typer.Exit(code)
+        result = client.up(model, on_event=_show_event)
+    except DaemonError as error:
+        raise _fail(str(error)) from None
+    info = result["model"]
+    typer.echo(f"{model} is ready ({info['endpoint']}, pid {info['pid']})")
+    typer.echo(f"gateway: {result['gateway']}  (model: {model})")
+    typer.echo("llm-bawt entry:\n" + _indent(result["llm_bawt_entry"]))
+
+
+@app.command()
+def down(
+    model: Annotated[str | None, typer.Argument(help="Alias to stop.")] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Stop every model.")] = False,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop MODEL (or --all) and print the proof that it is gone."""
+    if (model is None) == (not all_models):
+        raise _fail("name a model or pass --all", 2)
+    loaded = _load(config)
+    if model is not None:
+        _known(loaded, model)
+    from .client import DaemonError, DaemonNotRunning
+
+    try:
+        results = _client(loaded).down(model, all_models=all_models)
+    except DaemonNotRunning:
+        results = []
+    except DaemonError as error:
+        raise _fail(str(error)) from None
+    if json_output:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    if not any(r["was_running"] for r in results):
+        typer.echo("nothing was running")
+    for result in results:
+        if result["was_running"]:
+            verdict = "gone" if result["clean"] else "NOT CLEAN"
+            typer.echo(f"{result['alias']}: {verdict} in {result['took_s']:.2f}s ({result['proof']})")
+    if not all(r["clean"] for r in results if r["was_running"]):
+        raise typer.Exit(1)
+
+
+@app.command()
+def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
+    """Every configured model: state, GPU, port, pid, uptime, VRAM, requests in flight, idle time."""
+    loaded = _load(config)
+    from .client import DaemonNotRunning
+
+    try:
+        rows = _client(loaded).status()["models"]
+    except DaemonNotRunning:
+        rows = [{"alias": alias, "state": "stopped"} for alias in loaded.models]
+    if json_output:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("MODEL", "STATE", "GPU", "PORT", "PID", "UPTIME", "VRAM", "IN FLIGHT", "IDLE", box=None)
+    for row in rows:
+        gpus = ",".join(str(g) for g in row.get("gpus") or []) or ("cpu" if row.get("pid") else "-")
+        table.add_row(row["alias"], row["state"], gpus, _dash(row.get("port") if row.get("pid") else None),
+                      _dash(row.get("pid")), _duration(row.get("uptime_s")), _gib(row.get("vram_bytes")),
+                      _dash(row.get("in_flight") if row.get("pid") else None), _duration(row.get("idle_s")))
+    Console().print(table)
+
+
+@app.command()
+def status(config: ConfigOption = None, json_output: JsonOption = False) -> None:
+    """The daemon: pid, gateway, config, uptime, and each model's state."""
+    loaded = _load(config)
+    from .client import DaemonNotRunning
+
+    try:
+        payload = _client(loaded).status()
+    except DaemonNotRunning:
+        if json_output:
+            typer.echo(json.dumps({"daemon": None, "models": []}))
+        raise _fail("no daemon is running (`bawt-vllm up MODEL` or `bawt-vllm daemon` starts one)") from None
+    if json_output:
+        typer.echo(json.dumps(payload, indent=1))
+        return
+    daemon = payload["daemon"]
+    typer.echo(f"daemon pid {daemon['pid']}, up {_duration(daemon['uptime_s'])}, gateway {daemon['gateway']}/v1")
+    typer.echo(f"config {daemon['config']}; {daemon['gpus']} GPU(s)")
+    for row in payload["models"]:
+        typer.echo(f"  {row['alias']}: {row['state']}")
+
+
+@app.command()
+def logs(
+    model: Annotated[str, typer.Argument(help="Alias.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    start: Annotated[int | None, typer.Option("--start", help="Which start's log (1 = the first).")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines of the end to show.")] = 200,
+    config: ConfigOption = None,
+) -> None:
+    """Print MODEL's vllm serve log (the current start's, or --start N)."""
+    loaded = _load(config)
+    _known(loaded, model)
+    from .client import DaemonError, DaemonNotRunning
+
+    try:
+        for chunk in _client(loaded).logs(model, start=start, lines=lines, follow=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except DaemonNotRunning:
+        _print_log_file(loaded, model, start, lines)
+    except DaemonError as error:
+        raise _fail(str(error)) from None
+
+
+@app.command()
+def daemon(config: ConfigOption = None) -> None:
+    """Run the daemon in the foreground (what systemd runs): control socket + OpenAI gateway."""
+    from .daemon import DaemonAlreadyRunning, run_daemon
+
+    try:
+        raise typer.Exit(run_daemon(config))
+    except DaemonAlreadyRunning as error:
+        raise _fail(str(error)) from None
 
 
 @app.command()
 def gpus(json_output: JsonOption = False) -> None:
-    """GPUs as NVML sees them."""
+    """GPUs as NVML sees them, with the processes on each."""
     from .gpus import describe, detect_inventory
 
     table = describe(detect_inventory().snapshot())
@@ -103,6 +225,71 @@ def gpus(json_output: JsonOption = False) -> None:
         procs = ", ".join(str(p["pid"]) for p in gpu.get("processes", []))
         view.add_row(str(gpu["index"]), gpu["name"], _gib(gpu["used_bytes"]), _gib(gpu["total_bytes"]), procs)
     Console().print(view)
+
+
+def _known(loaded: Any, model: str) -> None:
+    from .config import UnknownModelError
+
+    try:
+        loaded.entry(model)
+    except UnknownModelError as error:
+        raise _fail(str(error), 2) from None
+
+
+def _client(loaded: Any, *, autostart: bool = False) -> Any:
+    """A client for this config's daemon; with autostart, start one if none answers."""
+    from pathlib import Path as _Path
+
+    from .client import DaemonClient, DaemonError, start_daemon
+
+    state_dir = _Path(loaded.settings.state_dir)
+    client = DaemonClient(state_dir / "control.sock")
+    if autostart and not client.ping():
+        typer.echo(f"no daemon running: starting one (log: {state_dir / 'daemon.log'})", err=True)
+        try:
+            start_daemon(loaded.path, client.socket_path, state_dir / "daemon.log")
+        except DaemonError as error:
+            raise _fail(str(error)) from None
+    return client
+
+
+def _show_event(event: dict[str, Any]) -> None:
+    label = event.get("stage") or event.get("state")
+    typer.echo(f"  [{label}] {event.get('message', '')[:160]}", err=True)
+
+
+def _print_log_file(loaded: Any, model: str, start: int | None, lines: int) -> None:
+    from pathlib import Path as _Path
+
+    from .readiness import read_log_tail
+
+    log_dir = _Path(loaded.settings.state_dir) / "logs"
+    if start is not None:
+        path = log_dir / f"{model}.{start}.log"
+    else:
+        candidates = sorted(log_dir.glob(f"{model}.*.log"), key=lambda p: p.stat().st_mtime)
+        path = candidates[-1] if candidates else log_dir / f"{model}.1.log"
+    if not path.exists():
+        raise _fail(f"{model} has no log at {path}")
+    typer.echo("\n".join(read_log_tail(path, lines, max_bytes=max(65536, lines * 400))))
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def _gib(value: int | None) -> str:

@@ -235,6 +235,7 @@ class Settings(BaseModel):
     restart_backoff_max_s: NonNegativeFloat = 60.0
     max_cpu_instances: NonNegativeInt = 1
     idle_ttl_s: PositiveFloat | None = None
+    eviction_wait_s: NonNegativeFloat = 30.0
     vram_release_timeout_s: PositiveFloat = 30.0
     vram_tolerance_mib: NonNegativeInt = 256
     api_key_env: EnvVarName | None = DEFAULT_API_KEY_ENV

@@ -76,7 +76,7 @@ async def _serve_until_signal(pool: Pool, alias: str, hub: SignalHub, say: Say) 
         return 1
     entry = instance.entry
     say(f"{alias} is ready at {instance.endpoint}")
-    say("llm-bawt entry:\n" + openai_entry_yaml(alias, instance.endpoint, tool_support=entry.tool_support,
+    say("llm-bawt entry:\n" + openai_entry_yaml(alias, instance.endpoint, tool_support=entry.effective_tool_format,
                                                 context_window=entry.context_window, max_tokens=entry.max_tokens))
     say("Ctrl-C stops it.")
     while not hub.shutdown.is_set():

@@ -273,6 +273,7 @@ class Instance:
                     self._enter(State.STOPPED, "stopped (nothing was running)")
                 return StopResult(self.alias, 0.0, was_running=False)
             self._enter(State.STOPPING, "stop requested")
+            self.ready_since = None
             await self._cancel_supervisor()
             result = await self._end_process()
             if result.survivors:
@@ -393,8 +394,8 @@ class Instance:
                                       exit_code=process.exit_code(), log_tail=follower.tail(), log_path=self.log_path)
                 stall = self.settings.ready_stall_timeout_s
                 if follower.silent_for() > stall:
-                    raise StartFailed(self.alias, f"load stalled: no log progress for {stall:.0f}s (stage: {self.stage})",
-                                      log_tail=follower.tail(), log_path=self.log_path)
+                    reason = f"load stalled: no log progress for {stall:.0f}s (stage: {self.stage})"
+                    raise StartFailed(self.alias, reason, log_tail=follower.tail(), log_path=self.log_path)
                 total = self.settings.ready_total_timeout_s
                 if total is not None and now - started > total:
                     raise StartFailed(self.alias, f"not ready after {total:.0f}s (stage: {self.stage})",

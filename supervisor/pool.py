@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ class Pool:
         self.usage: dict[str, Usage] = {}
         self.model_sources = model_sources or {}
         self._placing = asyncio.Lock()
+        self._idle = asyncio.Condition()
+        self.listeners: list[Callable[[Instance, Event], None]] = []
+        self.stop_listeners: list[Callable[[StopResult], None]] = []
         self._ttl_task: asyncio.Task[None] | None = None
 
     @property
@@ -86,11 +89,13 @@ class Pool:
     async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Instance:
         """Start `alias` unless it is live already (then join it); with wait, until ready."""
         entry = self.config.entry(alias)
-        async with self._placing:
-            instance = self.instances.get(alias)
-            if instance is None or instance.state not in LIVE_STATES:
-                instance = await self._place(entry, instance)
-                await instance.start()
+        instance = self.instances.get(alias)
+        if instance is None or instance.state not in LIVE_STATES:
+            async with self._placing:
+                instance = self.instances.get(alias)
+                if instance is None or instance.state not in LIVE_STATES:
+                    instance = await self._place(entry, instance)
+                    await instance.start()
         if wait:
             await instance.wait_ready(timeout)
         return instance
@@ -111,14 +116,34 @@ class Pool:
         return instance
 
     async def _gpus_for(self, entry: ModelEntry) -> list[int]:
+        """GPUs for entry; evicts the least recently used idle instance when none is free,
+        waiting up to eviction_wait_s for a busy one to finish its requests."""
+        deadline = time.monotonic() + self.config.settings.eviction_wait_s
         while True:
             try:
                 return self._try_gpus_for(entry)
             except (GpuUnavailableError, CapacityError) as busy:
                 victim = self._eviction_candidate(exclude=entry.alias)
-                if victim is None:
-                    raise CapacityError(str(busy)) from busy
-                await self.down(victim.alias, reason=f"evicted (least recently used) to make room for {entry.alias}")
+                if victim is not None:
+                    await self.down(victim.alias, reason=f"evicted (least recently used) for {entry.alias}")
+                    continue
+                if not self._evictable_later(entry.alias) or not await self._wait_for_idle(deadline):
+                    raise CapacityError(f"{busy}; every running model is busy") from busy
+
+    def _evictable_later(self, exclude: str) -> bool:
+        return any(i.alias != exclude and i.state in (State.READY, State.UNHEALTHY) for i in self.instances.values())
+
+    async def _wait_for_idle(self, deadline: float) -> bool:
+        """Wait until some request finishes; False once the deadline has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        async with self._idle:
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
 
     def _try_gpus_for(self, entry: ModelEntry) -> list[int]:
         gpus = self.inventory.snapshot()
@@ -136,7 +161,8 @@ class Pool:
 
     def _eviction_candidate(self, exclude: str) -> Instance | None:
         idle = [i for i in self.instances.values()
-                if i.alias != exclude and i.state in LIVE_STATES and self.usage[i.alias].in_flight == 0]
+                if i.alias != exclude and i.state in (State.READY, State.UNHEALTHY)
+                and self.usage[i.alias].in_flight == 0]
         return min(idle, key=lambda i: self.usage[i.alias].last_used, default=None)
 
     # -- stopping -------------------------------------------------------------------------
@@ -147,6 +173,8 @@ class Pool:
             return StopResult(alias, 0.0, was_running=False)
         result = await instance.stop()
         self._release(instance)
+        for listener in self.stop_listeners:
+            listener(result)
         return result
 
     async def down_all(self) -> list[StopResult]:
@@ -168,6 +196,8 @@ class Pool:
         finally:
             usage.in_flight -= 1
             usage.last_used = time.monotonic()
+            async with self._idle:
+                self._idle.notify_all()
 
     def status(self) -> list[dict[str, Any]]:
         rows = []
@@ -211,6 +241,8 @@ class Pool:
 
     # -- records and recovery ---------------------------------------------------------------
     def _on_event(self, instance: Instance, event: Event) -> None:
+        for listener in self.listeners:
+            listener(instance, event)
         process = instance.process
         if process is None or event.state not in LIVE_STATES:
             return

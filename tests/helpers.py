@@ -38,6 +38,7 @@ def standin_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "max_restarts": 2,
         "ready_stall_timeout_s": 10,
         "max_cpu_instances": 4,
+        "eviction_wait_s": 0.5,
     }
     settings.update(overrides)
     return settings

@@ -1,0 +1,164 @@
+"""The daemon's control API, on a Unix socket only its owner can open (mode 0600).
+
+JSON over HTTP: `GET /status`, `POST /up` (streams load events as JSON lines, then the
+result), `POST /down`, `GET /logs` (optionally following), `GET /gpus`, `GET /events`,
+`POST /reload`. The CLI's `DaemonClient` is its only intended caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .config import UnknownModelError
+from .foreground import openai_entry_yaml
+from .gpus import describe
+from .instance import Event, Instance, StartFailed, State
+from .pool import CapacityError, Pool
+from .readiness import read_log_tail
+
+FOLLOW_POLL_S = 0.1
+
+
+class ControlApi:
+    def __init__(self, pool: Pool, *, gateway_url: str, reload: Callable[[], Awaitable[list[str]]],
+                 started_at: float | None = None) -> None:
+        self.pool = pool
+        self.gateway_url = gateway_url
+        self._reload = reload
+        self.started_at = started_at or time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/status", self.status)
+        app.router.add_post("/up", self.up)
+        app.router.add_post("/down", self.down)
+        app.router.add_get("/logs", self.logs)
+        app.router.add_get("/gpus", self.gpus)
+        app.router.add_get("/events", self.events)
+        app.router.add_post("/reload", self.reload)
+        return app
+
+    async def status(self, _request: web.Request) -> web.Response:
+        daemon = {"pid": os.getpid(), "gateway": self.gateway_url, "config": str(self.pool.config.path),
+                  "uptime_s": round(time.time() - self.started_at, 1), "gpus": len(self.pool.inventory.snapshot())}
+        return web.json_response({"daemon": daemon, "models": self.pool.status()})
+
+    def _alias(self, name: str | None) -> str:
+        if not name:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "name a model"}), content_type="application/json")
+        try:
+            return self.pool.config.entry(name).alias
+        except UnknownModelError as error:
+            raise web.HTTPNotFound(text=json.dumps({"error": str(error)}), content_type="application/json") from None
+
+    async def up(self, request: web.Request) -> web.StreamResponse:
+        alias = self._alias((await request.json()).get("model"))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def forward(instance: Instance, event: Event) -> None:
+            if instance.alias == alias:
+                events.put_nowait(event)
+
+        self.pool.listeners.append(forward)
+        try:
+            loading = asyncio.ensure_future(self.pool.up(alias))
+            while not loading.done():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({loading, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    await _send_line(response, {"event": getter.result().as_dict()})
+                else:
+                    getter.cancel()
+            await _send_line(response, self._up_result(alias, loading))
+        finally:
+            self.pool.listeners.remove(forward)
+        await response.write_eof()
+        return response
+
+    def _up_result(self, alias: str, loading: asyncio.Future[Instance]) -> dict[str, Any]:
+        error = loading.exception()
+        if isinstance(error, StartFailed):
+            return {"done": True, "ok": False, "error": error.details()}
+        if isinstance(error, CapacityError):
+            return {"done": True, "ok": False, "error": str(error)}
+        if error is not None:
+            return {"done": True, "ok": False, "error": f"{error.__class__.__name__}: {error}"}
+        entry = self.pool.config.models[alias]
+        gateway_entry = openai_entry_yaml(alias, f"{self.gateway_url}/v1", tool_support=entry.effective_tool_format,
+                                          context_window=entry.context_window, max_tokens=entry.max_tokens)
+        return {"done": True, "ok": True, "model": loading.result().info(), "gateway": f"{self.gateway_url}/v1",
+                "llm_bawt_entry": gateway_entry}
+
+    async def down(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("all"):
+            results = await self.pool.down_all()
+        else:
+            results = [await self.pool.down(self._alias(body.get("model")))]
+        return web.json_response({"results": [r.as_dict() for r in results]})
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        alias = self._alias(request.query.get("model"))
+        path = self._log_path(alias, request.query.get("start"))
+        if path is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"{alias} has no log yet"}),
+                                   content_type="application/json")
+        lines = int(request.query.get("lines", "200"))
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
+                                               "X-Log-Path": str(path)})
+        await response.prepare(request)
+        tail = read_log_tail(path, lines, max_bytes=max(64 * 1024, lines * 400))
+        await response.write(("\n".join(tail) + ("\n" if tail else "")).encode())
+        if request.query.get("follow") in ("1", "true"):
+            await self._follow(response, path)
+        await response.write_eof()
+        return response
+
+    def _log_path(self, alias: str, start: str | None) -> Path | None:
+        if start is not None:
+            path = self.pool.log_dir / f"{alias}.{int(start)}.log"
+            return path if path.exists() else None
+        instance = self.pool.instances.get(alias)
+        if instance is not None and instance.log_path is not None:
+            return instance.log_path
+        logs = sorted(self.pool.log_dir.glob(f"{alias}.*.log"), key=lambda p: p.stat().st_mtime)
+        return logs[-1] if logs else None
+
+    async def _follow(self, response: web.StreamResponse, path: Path) -> None:
+        offset = path.stat().st_size
+        while True:
+            size = path.stat().st_size
+            if size > offset:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read(size - offset)
+                offset = size
+                await response.write(chunk)
+            await asyncio.sleep(FOLLOW_POLL_S)
+
+    async def gpus(self, _request: web.Request) -> web.Response:
+        return web.json_response({"gpus": describe(self.pool.inventory.snapshot())})
+
+    async def events(self, request: web.Request) -> web.Response:
+        alias = self._alias(request.query.get("model"))
+        instance = self.pool.instances.get(alias)
+        events = [] if instance is None else [e.as_dict() for e in instance.events]
+        return web.json_response({"model": alias, "state": instance.state.value if instance else State.STOPPED.value,
+                                  "events": events})
+
+    async def reload(self, _request: web.Request) -> web.Response:
+        return web.json_response({"changes": await self._reload()})
+
+
+async def _send_line(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await response.write((json.dumps(payload) + "\n").encode())

@@ -1,0 +1,187 @@
+"""`bawt-vllm daemon`: one long-running process that owns every instance.
+
+It serves the control API on a Unix socket (0600) and the OpenAI gateway on TCP, adopts or
+stops what a previous daemon left behind, preloads the models marked `preload`, reloads the
+config on SIGHUP without touching instances whose entry did not change, and on SIGTERM
+stops every instance, verified gone, before it exits. Under systemd (Type=notify) it says
+READY=1 once its sockets are up and STOPPING=1 when shutdown begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from .config import Config, ConfigError, load_config
+from .control import ControlApi
+from .foreground import describe_recovery, describe_stop
+from .gateway import Gateway
+from .metrics import Metrics
+from .notify import notify_ready, notify_status, notify_stopping
+from .pool import Pool, entry_fingerprint
+from .process import become_subreaper
+from .signals import SignalHub
+
+log = logging.getLogger("bawt_vllm.daemon")
+
+
+class DaemonAlreadyRunning(RuntimeError):
+    pass
+
+
+def control_socket_path(config: Config) -> Path:
+    return Path(config.settings.state_dir) / "control.sock"
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None = None) -> None:
+        self.config_path = config_path
+        self.hub = SignalHub()
+        self.shutting_down = False
+        self._runners: list[web.AppRunner] = []
+        self._lock_file: IO[str] | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    async def run(self) -> int:
+        config = load_config(self.config_path)
+        self.config_path = config.path
+        state_dir = Path(config.settings.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock(state_dir)
+        become_subreaper()
+        self.hub.install(on_reload=lambda: self._spawn(self.reload()))
+        self.pool = Pool(config)
+        self.metrics = Metrics(self.pool.status)
+        self.pool.listeners.append(self.metrics.observe)
+        self.pool.stop_listeners.append(lambda r: self.metrics.observe_stop(
+            r.alias, r.took_s, r.vram.freed_bytes if r.vram else None) if r.was_running else None)
+        try:
+            for line in describe_recovery(await self.pool.recover(adopt=True)):
+                log.info(line)
+            await self._serve(config)
+            self.pool.start_ttl_reaper()
+            notify_ready(f"gateway {self.gateway_url}; {len(config.models)} model(s) configured")
+            log.info("ready: gateway %s/v1, control %s", self.gateway_url, control_socket_path(config))
+            self._preload(config)
+            await self.hub.shutdown.wait()
+            return 0
+        finally:
+            await self._shutdown()
+
+    @property
+    def gateway_url(self) -> str:
+        settings = self.pool.config.settings
+        host = settings.gateway_host if settings.gateway_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.gateway_port}"
+
+    def _lock(self, state_dir: Path) -> None:
+        handle = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held for the daemon's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise DaemonAlreadyRunning(f"a bawt-vllm daemon (pid {holder}) already runs on {state_dir}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    async def _serve(self, config: Config) -> None:
+        gateway = Gateway(self.pool, self.metrics, shutting_down=lambda: self.shutting_down)
+        gateway_runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
+        await gateway_runner.setup()
+        self._runners.append(gateway_runner)
+        site = web.TCPSite(gateway_runner, config.settings.gateway_host, config.settings.gateway_port,
+                           reuse_address=True)
+        await site.start()
+        self.gateway_port = site._server.sockets[0].getsockname()[1] if site._server else config.settings.gateway_port
+        socket_path = control_socket_path(config)
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()  # a stale socket of a dead daemon (the lock proves none runs)
+        control = ControlApi(self.pool, gateway_url=self.gateway_url, reload=self.reload)
+        control_runner = web.AppRunner(control.app(), handler_cancellation=True, access_log=None)
+        await control_runner.setup()
+        self._runners.append(control_runner)
+        old_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(control_runner, str(socket_path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(socket_path, 0o600)
+
+    def _preload(self, config: Config) -> None:
+        for alias, entry in config.models.items():
+            if entry.preload:
+                self._spawn(self._preload_one(alias))
+
+    async def _preload_one(self, alias: str) -> None:
+        try:
+            await self.pool.up(alias)
+            log.info("preloaded %s", alias)
+        except Exception as error:  # a failed preload must not take the daemon down
+            log.error("preload of %s failed: %s", alias, error)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> list[str]:
+        """Re-read the config; stop instances whose entry changed or vanished, keep the rest."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running config:\n%s", error)
+            return [f"refused: {error}"]
+        old = self.pool.config
+        changes = []
+        for alias in list(self.pool.instances):
+            entry = new.models.get(alias)
+            if entry is None:
+                changes.append(f"{alias}: removed from the config, stopped")
+            elif entry_fingerprint(entry, new) != entry_fingerprint(old.models[alias], old):
+                changes.append(f"{alias}: entry changed, stopped (starts again on demand)")
+            else:
+                continue
+            await self.pool.down(alias)
+            del self.pool.instances[alias]
+        changes += [f"{alias}: added" for alias in new.models if alias not in old.models]
+        self.pool.config = new
+        log.info("config reloaded: %s", "; ".join(changes) or "no instance affected")
+        notify_status(f"config reloaded at {time.strftime('%H:%M:%S')}")
+        return changes
+
+    async def _shutdown(self) -> None:
+        self.shutting_down = True
+        notify_stopping("stopping every model")
+        log.info("shutting down: stopping every model")
+        for task in list(self._tasks):
+            task.cancel()
+        if hasattr(self, "pool"):
+            for result in await self.pool.close():
+                if result.was_running:
+                    log.info(describe_stop(result))
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        if hasattr(self, "pool"):
+            with contextlib.suppress(FileNotFoundError):
+                control_socket_path(self.pool.config).unlink()
+        self.hub.uninstall()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+
+def run_daemon(config_path: Path | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return asyncio.run(Daemon(config_path).run())
