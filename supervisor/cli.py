@@ -100,14 +100,13 @@ def down(
     """Stop MODEL (or --all) and print the proof that it is gone."""
     if (model is None) == (not all_models):
         raise _fail("name a model or pass --all", 2)
-    loaded = _load(config)
-    if model is not None:
-        _known(loaded, model)
     from .client import DaemonError, DaemonNotRunning
 
     try:
-        results = _client(loaded).down(model, all_models=all_models)
+        results = _fast_client(config).down(model, all_models=all_models)
     except DaemonNotRunning:
+        if model is not None:
+            _known(_load(config), model)
         results = []
     except DaemonError as error:
         raise _fail(str(error)) from None
@@ -127,13 +126,12 @@ def down(
 @app.command()
 def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """Every configured model: state, GPU, port, pid, uptime, VRAM, requests in flight, idle time."""
-    loaded = _load(config)
     from .client import DaemonNotRunning
 
     try:
-        rows = _client(loaded).status()["models"]
+        rows = _fast_client(config).status()["models"]
     except DaemonNotRunning:
-        rows = [{"alias": alias, "state": "stopped"} for alias in loaded.models]
+        rows = [{"alias": alias, "state": "stopped"} for alias in _load(config).models]
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -152,11 +150,10 @@ def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
 @app.command()
 def status(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """The daemon: pid, gateway, config, uptime, and each model's state."""
-    loaded = _load(config)
     from .client import DaemonNotRunning
 
     try:
-        payload = _client(loaded).status()
+        payload = _fast_client(config).status()
     except DaemonNotRunning:
         if json_output:
             typer.echo(json.dumps({"daemon": None, "models": []}))
@@ -180,15 +177,15 @@ def logs(
     config: ConfigOption = None,
 ) -> None:
     """Print MODEL's vllm serve log (the current start's, or --start N)."""
-    loaded = _load(config)
-    _known(loaded, model)
     from .client import DaemonError, DaemonNotRunning
 
     try:
-        for chunk in _client(loaded).logs(model, start=start, lines=lines, follow=follow):
+        for chunk in _fast_client(config).logs(model, start=start, lines=lines, follow=follow):
             sys.stdout.write(chunk)
             sys.stdout.flush()
     except DaemonNotRunning:
+        loaded = _load(config)
+        _known(loaded, model)
         _print_log_file(loaded, model, start, lines)
     except DaemonError as error:
         raise _fail(str(error)) from None
@@ -251,6 +248,20 @@ def _client(loaded: Any, *, autostart: bool = False) -> Any:
         except DaemonError as error:
             raise _fail(str(error)) from None
     return client
+
+
+def _fast_client(config_path: Path | None) -> Any:
+    """A client for the daemon, found without validating the whole config (keeps `ps` fast)."""
+    from .client import DaemonClient
+    from .locations import ConfigError, find_config_path, quick_state_dir
+
+    try:
+        state_dir = quick_state_dir(find_config_path(config_path))
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    except Exception:  # unreadable or malformed: let the full loader explain what is wrong
+        state_dir = Path(_load(config_path).settings.state_dir)
+    return DaemonClient(state_dir / "control.sock")
 
 
 def _show_event(event: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ each naming the file, the entry and the key.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,14 +32,28 @@ from pydantic import (
     field_validator,
 )
 
+from .locations import (
+    CONFIG_ENV_VAR,
+    GLOBAL_SECTION,
+    LLM_BAWT_CONFIG_ENV_VAR,
+    MODELS_SECTION,
+    ConfigError,
+    ConfigProblem,
+    default_state_dir,
+    did_you_mean,
+    find_config_path,
+)
+
+__all__ = [
+    "CONFIG_ENV_VAR", "GLOBAL_SECTION", "LLM_BAWT_CONFIG_ENV_VAR", "MODELS_SECTION", "Config", "ConfigError",
+    "ConfigProblem", "ModelEntry", "Settings", "UnknownModelError", "check_config", "default_state_dir",
+    "find_config_path", "load_config",
+]
+
 from .command import reserved_flag_problems
 from .toolformat import PROVIDER_GGUF, PROVIDER_VLLM, TOOL_FORMAT_NATIVE, get_tool_format, runs_on_vllm
 
-GLOBAL_SECTION = "bawt_vllm"
-MODELS_SECTION = "models"
 DEFAULT_API_KEY_ENV = "BAWT_VLLM_API_KEY"
-CONFIG_ENV_VAR = "BAWT_VLLM_CONFIG"
-LLM_BAWT_CONFIG_ENV_VAR = "LLM_BAWT_MODELS_CONFIG_PATH"
 
 Quantization = Literal[
     "awq",
@@ -131,60 +144,7 @@ ArgList = Annotated[list[str], BeforeValidator(_stringify_list)]
 EnvMap = Annotated[dict[EnvVarName, str], BeforeValidator(_stringify_values)]
 
 
-def _home(environ: Mapping[str, str]) -> Path:
-    home = environ.get("HOME")
-    return Path(home) if home else Path.home()
-
-
-def _xdg_dir(environ: Mapping[str, str], variable: str, fallback: str) -> Path:
-    value = environ.get(variable)
-    return Path(value).expanduser() if value else _home(environ) / fallback
-
-
-def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """$XDG_STATE_HOME/bawt-vllm, else ~/.local/state/bawt-vllm."""
-    env = os.environ if environ is None else environ
-    return _xdg_dir(env, "XDG_STATE_HOME", ".local/state") / "bawt-vllm"
-
-
 # --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with a config file.
-
-    `key` is relative to the entry when `alias` is set (e.g. 'max_model_len',
-    'env.FOO'); otherwise it is the dotted path from the top of the file
-    (e.g. 'bawt_vllm.port_range'), or None for file-wide problems.
-    """
-
-    file: Path
-    alias: str | None
-    key: str | None
-    message: str
-
-    @property
-    def location(self) -> str | None:
-        if self.alias is None:
-            return self.key
-        parts = [MODELS_SECTION, self.alias, *([self.key] if self.key else [])]
-        return ".".join(parts)
-
-    def __str__(self) -> str:
-        location = self.location
-        return f"{self.file}: {location}: {self.message}" if location else f"{self.file}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` lists every reason."""
-
-    def __init__(self, problems: Iterable[ConfigProblem], summary: str | None = None) -> None:
-        self.problems = list(problems)
-        self.summary = summary
-        lines = [summary] if summary else []
-        lines += [str(problem) for problem in self.problems]
-        super().__init__("\n".join(lines))
 
 
 class UnknownModelError(KeyError):
@@ -196,18 +156,13 @@ class UnknownModelError(KeyError):
         if skipped_reason is not None:
             message = f"model '{alias}' is not run by bawt-vllm: {skipped_reason}"
         else:
-            message = f"unknown model '{alias}'{_did_you_mean(alias, known)}; "
+            message = f"unknown model '{alias}'{did_you_mean(alias, known)}; "
             message += f"known models: {', '.join(known)}" if known else "no models are configured"
         self.message = message
         super().__init__(message)
 
     def __str__(self) -> str:
         return self.message
-
-
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(candidates), n=1)
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
 # --------------------------------------------------------------------------- schema
@@ -359,50 +314,6 @@ _ERROR_TYPE_TEXT = {
 
 
 # --------------------------------------------------------------------------- config file lookup
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    path: Path
-    source: str
-    must_exist: bool
-
-
-def _config_candidates(explicit: Path | None, environ: Mapping[str, str]) -> list[_Candidate]:
-    if explicit is not None:
-        return [_Candidate(Path(explicit).expanduser(), "given explicitly", True)]
-    candidates = []
-    if environ.get(CONFIG_ENV_VAR):
-        candidates.append(_Candidate(Path(environ[CONFIG_ENV_VAR]).expanduser(), f"${CONFIG_ENV_VAR}", True))
-    config_home = _xdg_dir(environ, "XDG_CONFIG_HOME", ".config")
-    candidates.append(_Candidate(config_home / "bawt-vllm" / "models.yaml", "bawt-vllm default", False))
-    if environ.get(LLM_BAWT_CONFIG_ENV_VAR):
-        llm_bawt_path = Path(environ[LLM_BAWT_CONFIG_ENV_VAR]).expanduser()
-        candidates.append(_Candidate(llm_bawt_path, f"${LLM_BAWT_CONFIG_ENV_VAR}", True))
-    else:
-        candidates.append(_Candidate(config_home / "llm-bawt" / "models.yaml", "llm-bawt default", False))
-    return candidates
-
-
-def find_config_path(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
-    """Return the models.yaml to use.
-
-    Order: `explicit`, $BAWT_VLLM_CONFIG, $XDG_CONFIG_HOME/bawt-vllm/models.yaml,
-    then llm-bawt's file ($LLM_BAWT_MODELS_CONFIG_PATH, else
-    $XDG_CONFIG_HOME/llm-bawt/models.yaml). A path named explicitly or by a
-    variable must exist; the defaults are skipped when absent.
-    """
-    env = os.environ if environ is None else environ
-    looked: list[ConfigProblem] = []
-    for candidate in _config_candidates(explicit, env):
-        if candidate.path.is_file():
-            return candidate.path
-        what = "is not a file" if candidate.path.exists() else "does not exist"
-        problem = ConfigProblem(candidate.path, None, None, f"{what} ({candidate.source})")
-        if candidate.must_exist:
-            raise ConfigError([problem])
-        looked.append(problem)
-    raise ConfigError(looked, summary="no models.yaml found; looked in:")
 
 
 # --------------------------------------------------------------------------- loading
@@ -592,7 +503,7 @@ Finding = tuple[str | None, str]
 
 def _unknown_key_findings(values: Mapping[str, Any], allowed: frozenset[str]) -> list[Finding]:
     return [
-        (key, f"unknown key '{key}'{_did_you_mean(key, allowed)}") for key in values if key not in allowed
+        (key, f"unknown key '{key}'{did_you_mean(key, allowed)}") for key in values if key not in allowed
     ]
 
 

@@ -104,7 +104,9 @@ def notify_reloading(status: str | None = None, *, environ: Mapping[str, str] | 
     """RELOADING=1: a config reload began; send notify_ready() when it is done.
 
     MONOTONIC_USEC lets systemd match this message to the reload request (it
-    is required for Type=notify-reload and harmless for Type=notify).
+    is required for Type=notify-reload and harmless for Type=notify). Always follow
+    with notify_ready(), even when the reload failed: until then systemd shows the
+    unit as "reloading".
     """
     stamp = f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
     fields = ["RELOADING=1", stamp]
