@@ -55,12 +55,15 @@ CHAT_TEMPLATE = r"""{%- if tools %}
     {%- if messages[0].role == 'system' %}
         {{- messages[0].content + '\n\n' }}
     {%- endif %}
-    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n" }}
+    {{- "You are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
     {%- for tool in tools %}
         {{- "\n" }}
         {{- tool | tojson }}
     {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments " }}
+    {{- "within <tool_call></tool_call> XML tags:\n<tool_call>\n" }}
+    {{- '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}
 {%- else %}
     {%- if messages[0].role == 'system' %}
         {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
@@ -103,7 +106,7 @@ CHAT_TEMPLATE = r"""{%- if tools %}
 {%- endif %}
 """
 
-WORDS = """
+_WORD_TEXT = """
 the be to of and a in that have it for not on with he as you do at this but his by from they we say
 her she or an will my one all would there their what so up out if about who get which go me when make
 can like time no just him know take people into year your good some could them see other than then now
@@ -113,7 +116,8 @@ answer question tool call function weather city paris london tokyo berlin temper
 wind today tomorrow search query result value number list item name argument arguments json text chat
 assistant user system message content role health ready start stop load unload memory cache token tiny
 test bed process engine worker port status error ok true false null yes done
-""".split()
+"""
+WORDS = _WORD_TEXT.split()
 
 TOOL_NAMES = ["get_weather", "search", "add", "lookup_user", "send_message", "get_time"]
 ARG_KEYS = ["city", "query", "a", "b", "user_id", "text", "timezone", "unit", "limit"]
@@ -152,10 +156,8 @@ def make_corpus() -> list[str]:
             call = {"name": rng.choice(TOOL_NAMES), "arguments": _args(rng)}
             lines.append("<tool_call>\n" + json.dumps(call) + "\n</tool_call>")
         else:
-            lines.append(
-                f"<|im_start|>user\n{_sentence(rng)}<|im_end|>\n"
-                f"<|im_start|>assistant\n{_sentence(rng)}<|im_end|>\n"
-            )
+            user, assistant = _sentence(rng), _sentence(rng)
+            lines.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n")
         if i % 97 == 0:
             lines.append(json.dumps({"type": "function", "function": {"name": rng.choice(TOOL_NAMES)}}))
     return lines

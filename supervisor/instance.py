@@ -358,7 +358,8 @@ class Instance:
         self.log_path = self._next_log_path()
         self._vram_before = self._vram_reading()
         self._vram_running = None
-        environment = {**os.environ, **command.env}
+        # NOTIFY_SOCKET is systemd's channel to the daemon; vLLM must not talk on it.
+        environment = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | command.env
         self._process = ServeProcess.spawn(command.argv, env=environment, log_path=self.log_path)
         self._follower = LogFollower(self.log_path)
         self.stage = "launched"

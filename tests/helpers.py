@@ -69,3 +69,101 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+class RunningDaemon:
+    """`bawt-vllm daemon` in a subprocess; stopped (and its tree checked) on exit."""
+
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.config = config
+        self.state_dir = Path(yaml.safe_load(config.read_text())["bawt_vllm"]["state_dir"])
+        self.socket = self.state_dir / "control.sock"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bawt_vllm.supervisor.cli", "daemon", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def __enter__(self) -> RunningDaemon:
+        from bawt_vllm.supervisor.client import DaemonClient
+
+        self.client = DaemonClient(self.socket)
+        if not wait_until(lambda: self.client.ping() or self.process.poll() is not None, 30):
+            raise AssertionError("daemon did not answer within 30 s")
+        if self.process.poll() is not None:
+            raise AssertionError(f"daemon exited: {self.process.stdout.read()}")
+        return self
+
+    def gateway(self) -> str:
+        return self.client.status()["daemon"]["gateway"] + "/v1"
+
+    def stop(self, timeout: float = 60) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except Exception:
+            import os
+
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+
+    def output(self) -> str:
+        return self.process.stdout.read() if self.process.stdout else ""
+
+    def __exit__(self, *exc: object) -> None:
+        import json
+        import os
+        import signal
+
+        self.stop()
+        # Whatever the test did, nothing the daemon started may outlive it.
+        for record in (self.state_dir / "instances").glob("*.json"):
+            for pid, _created in json.loads(record.read_text()).get("members", []):
+                if alive([int(pid)]):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def http(method: str, url: str, *, body: bytes | dict[str, Any] | None = None, timeout: float = 30,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, parsed JSON or text) for one plain HTTP request."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, head, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        status, head, raw = error.code, dict(error.headers), error.read()
+    text = raw.decode("utf-8", "replace")
+    try:
+        return status, head, json.loads(text)
+    except ValueError:
+        return status, head, text
+
+
+def stream_lines(url: str, payload: dict[str, Any], timeout: float = 30):
+    """Yield the lines of a streaming POST as they arrive (an open http.client response)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection.request("POST", parts.path, body=json.dumps(payload), headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    try:
+        while line := response.readline():
+            yield line.decode().rstrip("\r\n")
+    finally:
+        connection.close()

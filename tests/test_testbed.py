@@ -6,6 +6,7 @@ so exact text comes from structured outputs (a regex), including a hermes tool c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from openai import OpenAI
 
@@ -80,37 +82,43 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: flo
         time.sleep(0.5)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _live_group_members(pgid: int) -> list[psutil.Process]:
+    """Processes of the group that are not zombies.
+
+    Zombies must be ignored: orphaned vLLM processes (EngineCore, Worker, the resource tracker)
+    are re-parented to pid 1, which here may reap them only much later.
+    """
+    members = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                members.append(p)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
+def _wait_group_gone(proc: subprocess.Popen, pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None and not _live_group_members(pgid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _stop_group(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM the process group, wait with a deadline, SIGKILL the group if needed, reap."""
     pgid = proc.pid  # start_new_session=True: the leader's pid is the group id
-    if _group_alive(pgid):
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.poll()
-        if proc.returncode is not None and not _group_alive(pgid):
-            break
-        time.sleep(0.2)
-    else:
-        if _group_alive(pgid):
+    if not _wait_group_gone(proc, pgid, timeout):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+        _wait_group_gone(proc, pgid, timeout)
     proc.wait(timeout=timeout)
-    # Grandchildren (EngineCore, Worker) are not ours to reap; make sure they are gone.
-    deadline = time.monotonic() + timeout
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _group_alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
+    assert not _live_group_members(pgid), "vllm serve's process group survived SIGKILL"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,205 @@
+"""The daemon against the stand-in: control API, gateway routing and errors, reload, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+import yaml
+from helpers import (
+    RunningDaemon,
+    alive,
+    http,
+    standin_entry,
+    standin_settings,
+    stream_lines,
+    wait_until,
+    write_models_yaml,
+)
+
+from bawt_vllm.supervisor.ports import free_port
+
+
+def config_for(tmp_path, models, **settings):
+    merged = standin_settings(tmp_path, gateway_port=free_port(), **settings)
+    return write_models_yaml(tmp_path / "models.yaml", models, **merged)
+
+
+def cli(*args, config, env=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "bawt_vllm.supervisor.cli", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def tree_pids(daemon: RunningDaemon) -> list[int]:
+    pids = []
+    for record in (daemon.state_dir / "instances").glob("*.json"):
+        pids += [int(pid) for pid, _ in json.loads(record.read_text())["members"]]
+    return pids
+
+
+def test_up_autostarts_the_daemon_and_down_proves_gone(tmp_path):
+    config = config_for(tmp_path, {"m": standin_entry("engine_child")})
+    up = cli("up", "m", config=config)
+    daemon_pid = None
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "no daemon running: starting one" in up.stderr
+        assert "[ready]" in up.stderr and "m is ready" in up.stdout
+        assert "type: openai" in up.stdout and "model_id: m" in up.stdout
+        ps = json.loads(cli("ps", "--json", config=config).stdout)
+        assert [(r["alias"], r["state"]) for r in ps] == [("m", "ready")]
+        status = json.loads(cli("status", "--json", config=config).stdout)
+        daemon_pid = status["daemon"]["pid"]
+        members = [int(p) for p, _ in json.loads((tmp_path / "state/instances/m.json").read_text())["members"]]
+        assert len(alive(members)) == 2
+        down = cli("down", "m", config=config)
+        assert down.returncode == 0 and "m: gone in" in down.stdout and "none alive" in down.stdout
+        assert alive(members) == []
+    finally:
+        if daemon_pid and alive([daemon_pid]):
+            os.kill(daemon_pid, 15)
+            assert wait_until(lambda: not alive([daemon_pid]), 30)
+
+
+def test_control_socket_is_owner_only(tmp_path):
+    with RunningDaemon(config_for(tmp_path, {"m": standin_entry()})) as daemon:
+        mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+        assert mode == 0o600
+        assert stat.S_IMODE(os.stat(daemon.state_dir).st_mode) & 0o077 == 0
+
+
+def test_gateway_routes_loads_on_demand_and_streams(tmp_path):
+    models = {"a": standin_entry(), "b": standin_entry(env={"FAKE_VLLM_TOKENS": "6", "FAKE_VLLM_TOKEN_S": "0.05"})}
+    with RunningDaemon(config_for(tmp_path, models)) as daemon:
+        client = openai.OpenAI(base_url=daemon.gateway(), api_key="none")
+        listed = {m.id: m for m in client.models.list().data}
+        assert set(listed) == {"a", "b"} and listed["a"].model_extra["state"] == "stopped"
+        reply = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content == "standin reply"
+        arrivals = []
+        stream = client.chat.completions.create(model="b", messages=[{"role": "user", "content": "hi"}], stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append((time.monotonic(), chunk.choices[0].delta.content))
+        assert [text for _, text in arrivals] == [f"t{i} " for i in range(6)]
+        assert arrivals[-1][0] - arrivals[0][0] > 0.15, "chunks arrive as they are written, not buffered"
+        states = {row["alias"]: row["state"] for row in daemon.client.status()["models"]}
+        assert states == {"a": "ready", "b": "ready"}
+
+
+def test_gateway_errors_are_openai_shaped(tmp_path):
+    models = {"m": standin_entry(), "broken": standin_entry("exit_during_load")}
+    with RunningDaemon(config_for(tmp_path, models)) as daemon:
+        base = daemon.gateway()
+        status, _, body = http("POST", f"{base}/chat/completions", body=b"{not json")
+        assert status == 400 and "not valid JSON" in body["error"]["message"]
+        status, _, body = http("POST", f"{base}/chat/completions", body={"messages": []})
+        assert status == 400 and "model" in body["error"]["message"]
+        status, _, body = http("POST", f"{base}/chat/completions", body={"model": "nope", "messages": []})
+        error = body["error"]
+        assert status == 404 and error["code"] == "model_not_found"
+        assert "known models: m, broken" in error["message"]
+        status, _, body = http("POST", f"{base}/chat/completions", body={"model": "broken", "messages": []})
+        error = body["error"]
+        assert status == 502 and error["code"] == "model_load_failed"
+        assert "exited during load with code 3" in error["message"] and "CUDA out of memory" in error["message"]
+        client = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+        with pytest.raises(openai.NotFoundError, match="known models"):
+            client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_gateway_api_key_is_checked_first(tmp_path):
+    env = {"BAWT_VLLM_API_KEY": "s3cret"}
+    with RunningDaemon(config_for(tmp_path, {"m": standin_entry()}), env=env) as daemon:
+        base = daemon.gateway()
+        status, _, body = http("POST", f"{base}/chat/completions", body={"model": "nope"})
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        allowed = openai.OpenAI(base_url=base, api_key="s3cret").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}])
+        assert allowed.choices[0].message.content == "standin reply"
+        assert http("GET", base.removesuffix("/v1") + "/health")[0] == 200
+
+
+def test_capacity_full_and_busy_answers_503_with_retry_after(tmp_path):
+    models = {"a": standin_entry(env={"FAKE_VLLM_TOKENS": "40", "FAKE_VLLM_TOKEN_S": "0.05"}), "b": standin_entry()}
+    config = config_for(tmp_path, models, max_cpu_instances=1, eviction_wait_s=0.3)
+    with RunningDaemon(config) as daemon:
+        base = daemon.gateway()
+        lines = stream_lines(f"{base}/chat/completions", {"model": "a", "stream": True, "messages": []})
+        assert next(line for line in lines if line.startswith("data:"))
+        status, headers, body = http("POST", f"{base}/chat/completions", body={"model": "b", "messages": []})
+        assert status == 503 and headers["Retry-After"] == "10"
+        assert "every running model is busy" in body["error"]["message"]
+        rest = [line for line in lines if line.startswith("data:")]
+        assert rest[-1] == "data: [DONE]", "the in-flight stream was not cut"
+
+
+def test_idle_ttl_unloads(tmp_path):
+    config = config_for(tmp_path, {"m": standin_entry(idle_ttl_s=0.5)})
+    with RunningDaemon(config) as daemon:
+        daemon.client.up("m")
+        pids = tree_pids(daemon)
+        assert wait_until(lambda: daemon.client.status()["models"][0]["state"] == "stopped", 10)
+        assert alive(pids) == []
+        events = [e["message"] for e in daemon.client.events("m")["events"]]
+        assert any("stopped in" in m for m in events)
+
+
+def test_sighup_reload_keeps_unchanged_and_stops_changed(tmp_path):
+    models = {"keep": standin_entry(), "change": standin_entry()}
+    config = config_for(tmp_path, models)
+    with RunningDaemon(config) as daemon:
+        daemon.client.up("keep")
+        daemon.client.up("change")
+        before = {r["alias"]: r["pid"] for r in daemon.client.status()["models"]}
+        document = yaml.safe_load(config.read_text())
+        document["models"]["change"]["max_model_len"] = 2048
+        document["models"]["new"] = standin_entry()
+        config.write_text(yaml.safe_dump(document))
+        daemon.process.send_signal(1)  # SIGHUP
+        assert wait_until(lambda: len(daemon.client.status()["models"]) == 3, 10)
+        after = {r["alias"]: (r["state"], r.get("pid")) for r in daemon.client.status()["models"]}
+        assert after["keep"] == ("ready", before["keep"])
+        assert after["change"][0] == "stopped" and alive([before["change"]]) == []
+        assert after["new"][0] == "stopped"
+
+
+def test_sigterm_stops_every_instance_before_exit(tmp_path):
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    try:
+        config = config_for(tmp_path, {"a": standin_entry("engine_child"), "b": standin_entry("ignore_sigterm")},
+                            stop_grace_s=0.5)
+        daemon = RunningDaemon(config, env={"NOTIFY_SOCKET": str(notify_path)})
+        with daemon:
+            assert b"READY=1" in listener.recv(4096)
+            daemon.client.up("a")
+            daemon.client.up("b")
+            pids = tree_pids(daemon)
+            assert len(alive(pids)) == 3
+            assert daemon.stop() == 0
+            assert b"STOPPING=1" in listener.recv(4096)
+            assert alive(pids) == []
+            assert not daemon.socket.exists()
+            output = daemon.output()
+            assert "a: gone in" in output and "b: gone in" in output and "SIGKILLed" in output
+    finally:
+        listener.close()
+
+
+def test_metrics_count_starts_and_requests(tmp_path):
+    with RunningDaemon(config_for(tmp_path, {"m": standin_entry()})) as daemon:
+        openai.OpenAI(base_url=daemon.gateway(), api_key="x").completions.create(model="m", prompt="x")
+        text = http("GET", daemon.gateway().removesuffix("/v1") + "/metrics")[2]
+        assert 'bawt_vllm_instances{state="ready"} 1.0' in text
+        assert 'bawt_vllm_starts_total{model="m"} 1.0' in text
+        assert 'bawt_vllm_requests_total{model="m",route="completions"} 1.0' in text
