@@ -13,11 +13,10 @@ from pathlib import Path
 
 import psutil
 import yaml
-from openai import AsyncOpenAI
-
 from bawt_vllm.supervisor.config import load_config
 from bawt_vllm.supervisor.foreground import describe_stop, openai_entry_yaml
 from bawt_vllm.supervisor.pool import Pool
+from openai import AsyncOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bawt-vllm" / "demo"
@@ -61,7 +60,7 @@ async def demo(config_path: Path) -> int:
         client = AsyncOpenAI(base_url=instance.endpoint, api_key="unused")
         question = "Say hello."
         reply = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0,
+            model="tiny", messages=[{"role": "user", "content": question}], max_tokens=64, temperature=0,
             extra_body={"structured_outputs": {"regex": "Hello from a supervised vllm serve!"}})
         await client.close()
         print(f"\nuser: {question}\ntiny: {reply.choices[0].message.content}")

@@ -30,7 +30,6 @@ sys.path.insert(0, str(SHIM))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))
 
 import yaml  # noqa: E402
-
 from bawt_vllm.supervisor.config import load_config  # noqa: E402
 from bawt_vllm.supervisor.gpus import describe, detect_inventory  # noqa: E402
 from bawt_vllm.supervisor.instance import State  # noqa: E402
@@ -54,8 +53,8 @@ def write_config(work: Path) -> Path:
                       "stop_grace_s": 5, "health_interval_s": 0.2, "max_restarts": 0, "vram_release_timeout_s": 20},
         "models": {"holder": {"type": "vllm", "model_id": "standin/holder", "tool_support": "none",
                               "gpu_memory_utilization": 0.1,
-                              "env": {"FAKE_VLLM_MODE": os.environ.get("BAWT_PROOF_MODE", "hold_vram"), "FAKE_VLLM_VRAM_GIB": str(HOLD_GIB),
-                                      "FAKE_VLLM_LOAD_S": "0"}}},
+                              "env": {"FAKE_VLLM_MODE": os.environ.get("BAWT_PROOF_MODE", "hold_vram"),
+                                      "FAKE_VLLM_VRAM_GIB": str(HOLD_GIB), "FAKE_VLLM_LOAD_S": "0"}}},
     }
     path = work / "models.yaml"
     path.write_text(yaml.safe_dump(document))

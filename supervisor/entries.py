@@ -85,12 +85,19 @@ def openai_entries(config: Config, *, suffix: str = "") -> dict[str, dict[str, A
 def llm_bawt_models_path(environ: Mapping[str, str] | None = None) -> Path:
     """llm-bawt's models.yaml, found the way llm-bawt finds it."""
     env = os.environ if environ is None else environ
-    if env.get(LLM_BAWT_CONFIG_ENV_VAR):
-        return Path(env[LLM_BAWT_CONFIG_ENV_VAR]).expanduser()
-    if env.get("XDG_CONFIG_HOME"):
-        return Path(env["XDG_CONFIG_HOME"]).expanduser() / "llm-bawt" / "models.yaml"
     home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    if env.get(LLM_BAWT_CONFIG_ENV_VAR):
+        return _expand_home(env[LLM_BAWT_CONFIG_ENV_VAR], home)
+    if env.get("XDG_CONFIG_HOME"):
+        return _expand_home(env["XDG_CONFIG_HOME"], home) / "llm-bawt" / "models.yaml"
     return home / ".config" / "llm-bawt" / "models.yaml"
+
+
+def _expand_home(value: str, home: Path) -> Path:
+    """`~` against the given environment's HOME (Path.expanduser reads the process's)."""
+    if value == "~" or value.startswith("~/"):
+        return home / value[2:]
+    return Path(value).expanduser()
 
 
 def is_managed(definition: Any) -> bool:

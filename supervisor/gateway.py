@@ -26,6 +26,7 @@ from .instance import Instance, StartFailed, State
 from .metrics import Metrics
 from .pool import CapacityError, Pool
 
+Early = web.StreamResponse | None  # a response already started (SSE headers sent while loading)
 KEEPALIVE_INTERVAL_S = 2.0
 RETRY_AFTER_S = 10
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
@@ -170,8 +171,7 @@ class Gateway:
                 return early
             return openai_error(502, message, type_="server_error", code="upstream_error")
 
-    async def _load(self, request: web.Request, alias: str,
-                    streaming: bool) -> tuple[web.StreamResponse | None, web.StreamResponse | None]:
+    async def _load(self, request: web.Request, alias: str, streaming: bool) -> tuple[Early, Early]:
         """Start (or join the start of) alias. A streaming client gets SSE comments meanwhile."""
         early = None
         loading = asyncio.ensure_future(self.pool.up(alias))
@@ -202,7 +202,7 @@ class Gateway:
         return (instance.stage or instance.state.value) if instance else "placing"
 
     async def _fail(self, early: web.StreamResponse | None, status: int, message: str, type_: str, code: str,
-                    headers: dict[str, str] | None = None) -> tuple[web.StreamResponse | None, web.StreamResponse | None]:
+                    headers: dict[str, str] | None = None) -> tuple[Early, Early]:
         if early is not None:
             await _sse_error(early, message, type_=type_, code=code)
             return early, early

@@ -282,7 +282,7 @@ def _splice(state: _State, full: str) -> str | None:
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\r\n" if "\r\n" in state.text else "\n"
     edits: list[tuple[int, int, list[str]]] = []
-    appended: list[str] = []
+    appended: list[list[str]] = []
     for alias, comment_lines in state.touched.items():
         if alias not in dumped.spans:
             return None
@@ -294,7 +294,7 @@ def _splice(state: _State, full: str) -> str | None:
                 start -= comment_lines  # our comment from an earlier run: replace, do not repeat
             edits.append((start, stop, block))
         else:
-            appended += block
+            appended.append(block)
     if appended:
         edit = _insertion(source, lines, appended, state.text)
         if edit is None:
@@ -305,21 +305,31 @@ def _splice(state: _State, full: str) -> str | None:
     return "".join(lines)
 
 
-def _insertion(source: _Layout, lines: list[str], block: list[str], text: str) -> tuple[int, int, list[str]] | None:
-    """Where new entries go: after the last entry's content (or under an empty `models:`, or at the end)."""
+def _insertion(
+    source: _Layout, lines: list[str], blocks: list[list[str]], text: str
+) -> tuple[int, int, list[str]] | None:
+    """Where new entries go: after the last entry's content (or under an empty `models:`, or at the end).
+
+    When the file separates its entries with a blank line, so are the new ones.
+    """
     newline = "\r\n" if "\r\n" in text else "\n"
+    separator: list[str] = []
     if source.spans:
         last_first, last_end = list(source.spans.values())[-1]
         above = last_first - 1
         while above >= 0 and lines[above].lstrip().startswith("#"):
             above -= 1
-        separator = [newline] if above >= 0 and not lines[above].strip() and len(source.spans) > 1 else []
-        return last_end, last_end, separator + block
+        if above >= 0 and not lines[above].strip() and len(source.spans) > 1:
+            separator = [newline]
+    joined = [line for block in blocks for line in (*separator, *block)]
+    if source.spans:
+        return last_end, last_end, joined
+    joined = joined[len(separator) :]
     if source.models_line is not None:
         if not source.models_is_null:
             return None
-        return source.models_line + 1, source.models_line + 1, block
-    return len(lines), len(lines), [f"{MODELS_KEY}:{newline}", *block]
+        return source.models_line + 1, source.models_line + 1, joined
+    return len(lines), len(lines), [f"{MODELS_KEY}:{newline}", *joined]
 
 
 def _reindent(block: list[str], have: int | None, want: int | None) -> list[str]:
@@ -362,8 +372,8 @@ def unified_diff(old_text: str, new_text: str, path: Path | str) -> str:
     lines = difflib.unified_diff(
         old_text.splitlines(keepends=True),
         new_text.splitlines(keepends=True),
-        fromfile=f"a/{path}" if old_text else "/dev/null",
-        tofile=f"b/{path}",
+        fromfile=str(path) if old_text else "/dev/null",
+        tofile=str(path),
     )
     out = []
     for line in lines:

@@ -13,6 +13,7 @@ import time
 import openai
 import pytest
 import yaml
+from bawt_vllm.supervisor.ports import free_port
 from helpers import (
     RunningDaemon,
     alive,
@@ -23,8 +24,6 @@ from helpers import (
     wait_until,
     write_models_yaml,
 )
-
-from bawt_vllm.supervisor.ports import free_port
 
 
 def config_for(tmp_path, models, **settings):

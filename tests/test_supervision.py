@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import alive, run, standin_entry, standin_settings, wait_until, write_models_yaml
-
 from bawt_vllm.supervisor.config import load_config
 from bawt_vllm.supervisor.instance import TRANSITIONS, IllegalTransition, StartFailed, State
 from bawt_vllm.supervisor.pool import CapacityError, Pool
 from bawt_vllm.supervisor.process import ProcessIdentity, ServeProcess
+from helpers import alive, run, standin_entry, standin_settings, wait_until, write_models_yaml
 
 
 def make_pool(tmp_path: Path, models: dict, **settings) -> Pool:
@@ -81,7 +80,7 @@ def test_never_ready_times_out_on_stall_and_is_stopped(tmp_path):
 
 def test_ignores_sigterm_is_killed_after_grace(tmp_path):
     pool = make_pool(tmp_path, {"m": standin_entry("ignore_sigterm")}, stop_grace_s=0.5)
-    instance, members, result = run(_up_and_down(pool, "m"))
+    _instance, members, result = run(_up_and_down(pool, "m"))
     assert result.sigkilled == members
     assert 0.5 <= result.took_s < 2.5
     assert alive(members) == [] and result.clean

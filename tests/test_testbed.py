@@ -200,6 +200,37 @@ def test_regex_forces_hermes_tool_call(server: Server) -> None:
     assert not choice.message.content
 
 
+def test_tool_result_round_trip(server: Server) -> None:
+    """The chat template renders an assistant tool call and its tool result (hermes style)."""
+    resp = server.client.chat.completions.create(
+        model="tiny",
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
+        ],
+        tools=[WEATHER_TOOL],
+        max_tokens=32,
+        temperature=0,
+        extra_body={"structured_outputs": {"regex": re.escape("It is sunny in Paris.")}},
+    )
+    choice = resp.choices[0]
+    assert choice.message.content == "It is sunny in Paris."
+    assert not choice.message.tool_calls
+    assert resp.usage is not None and resp.usage.prompt_tokens > 100  # the tools block was rendered
+
+
 def test_streaming_delivers_several_chunks(server: Server) -> None:
     text = "one two three four five six seven eight"
     stream = server.client.chat.completions.create(
