@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_standin import TESTBED_MODEL_ENV, TINY_REPO, HubStandin, default_repos, hub_environment, point_huggingface_hub
-
 from bawt_vllm.supervisor import hub
 from bawt_vllm.supervisor.config import ConfigError, load_config
+from hub_standin import TESTBED_MODEL_ENV, TINY_REPO, HubStandin, default_repos, hub_environment, point_huggingface_hub
 
 INSTRUCT = "bawt/Qwen2.5-0.5B-Instruct"
 AWQ = "bawt/Qwen2.5-0.5B-Instruct-AWQ"
@@ -117,8 +117,13 @@ def test_unreachable_hub_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     with HubStandin([]) as closed:
         url = closed.url
     point_huggingface_hub(monkeypatch, url, tmp_path / "hf-home")
-    with pytest.raises(hub.HubError, match=f"cannot reach {url}"):
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # list_models retries 5 times, ~23 s
+    with pytest.raises(hub.HubError, match=f"cannot reach {re.escape(url)}"):
         hub.search_models("qwen")
+    with pytest.raises(hub.HubError, match=f"cannot reach {re.escape(url)}"):
+        hub.inspect_repo(AWQ)
 
 
 def test_environment_alone_is_enough_for_a_fresh_process(standin: HubStandin, tmp_path: Path) -> None:
@@ -248,7 +253,7 @@ def test_build_entry_overrides_and_refusals() -> None:
         hub.build_entry(split, config_json=None)
     with pytest.raises(hub.NoWeightsError, match="split GGUF"):
         hub.build_entry(split, config_json=None, gguf_file="m-00001-of-00002.gguf")
-    with pytest.raises(hub.NoWeightsError, match="no file 'other.gguf'"):
+    with pytest.raises(hub.NoWeightsError, match=r"no file 'other\.gguf'"):
         hub.build_entry(split, config_json=None, gguf_file="other.gguf")
 
 
@@ -275,7 +280,7 @@ def test_add_model_writes_a_valid_entry_and_keeps_comments(hf_home: Path, models
 
     assert backup is not None and backup.read_text() == original
     added = only_insertions(original, models_yaml.read_text())
-    assert added[0] == f"  # added by bawt-vllm add {GGUF}\n"
+    assert added[:2] == ["\n", f"  # added by bawt-vllm add {GGUF}\n"]  # blank line: the file's style
     assert yaml.safe_load("".join(added)) == {alias: entry}
     config = load_config(models_yaml)
     assert list(config.models) == ["tiny", alias]
@@ -371,7 +376,7 @@ def test_pull_shows_huggingface_hub_progress(hf_home: Path, capsys: pytest.Captu
 def test_pull_errors(hf_home: Path, tmp_path: Path) -> None:
     with pytest.raises(hub.RepoNotFoundError):
         hub.pull({"type": "vllm", "model_id": "bawt/nope"}, progress=False)
-    with pytest.raises(hub.MissingFileError, match="no file 'missing.gguf'"):
+    with pytest.raises(hub.MissingFileError, match=r"no file 'missing\.gguf'"):
         hub.pull({"type": "gguf", "repo_id": GGUF, "filename": "missing.gguf"}, progress=False)
     with pytest.raises(hub.HubError, match="does not exist"):
         hub.pull({"type": "vllm", "model_id": str(tmp_path / "no-such-dir")}, progress=False)

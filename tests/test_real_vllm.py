@@ -15,12 +15,11 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
-from helpers import RunningDaemon, alive, run, wait_until, write_models_yaml
-
 from bawt_vllm.supervisor.config import load_config
 from bawt_vllm.supervisor.instance import State
 from bawt_vllm.supervisor.pool import Pool
 from bawt_vllm.supervisor.ports import free_port
+from helpers import RunningDaemon, alive, run, wait_until, write_models_yaml
 
 pytestmark = pytest.mark.real_vllm
 
