@@ -203,6 +203,108 @@ def daemon(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Alias to talk to.")],
+    prompt: Annotated[str | None, typer.Argument(help="One question; without it, an interactive chat.")] = None,
+    config: ConfigOption = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest reply.")] = 512,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+) -> None:
+    """Chat with MODEL through the gateway, streaming tokens as they come (loads it if needed)."""
+    loaded = _load(config)
+    _known(loaded, model)
+    daemon_client = _client(loaded, autostart=True)
+    import os
+
+    from openai import OpenAI, OpenAIError
+
+    gateway = daemon_client.status()["daemon"]["gateway"] + "/v1"
+    key_env = loaded.settings.api_key_env
+    client = OpenAI(base_url=gateway, api_key=(os.environ.get(key_env) if key_env else None) or "unused",
+                    max_retries=0, timeout=3600)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    questions = [prompt] if prompt is not None else _prompts(model)
+    for question in questions:
+        history.append({"role": "user", "content": question})
+        try:
+            answer = _stream_reply(client, model, history, max_tokens)
+        except OpenAIError as error:
+            raise _fail(_openai_message(error)) from None
+        history.append({"role": "assistant", "content": answer})
+
+
+def _prompts(model: str) -> Any:
+    typer.echo(f"chatting with {model}; an empty line or Ctrl-D ends", err=True)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line
+
+
+def _stream_reply(client: Any, model: str, history: list[dict[str, str]], max_tokens: int) -> str:
+    pieces = []
+    stream = client.chat.completions.create(model=model, messages=history, max_tokens=max_tokens, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            sys.stdout.write(pieces[-1])
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(pieces)
+
+
+def _openai_message(error: Exception) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", error))
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(error)
+
+
+service_app = typer.Typer(no_args_is_help=True, help="Run the daemon under systemd.")
+app.add_typer(service_app, name="service")
+
+
+@service_app.command("install")
+def service_install(
+    user: Annotated[bool, typer.Option("--user", help="A user unit (~/.config/systemd/user) instead of a system one.")]
+    = False,
+    config: ConfigOption = None,
+    unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the unit.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the unit; write nothing.")] = False,
+) -> None:
+    """Write the systemd unit with this installation's paths and print the systemctl commands."""
+    from .service import install_service, render_unit
+
+    config_path = config.expanduser().resolve() if config else None
+    try:
+        result = install_service(user=user, config=config_path, unit_dir=unit_dir, dry_run=dry_run)
+    except (OSError, ValueError) as error:
+        raise _fail(str(error)) from None
+    if dry_run:
+        typer.echo(render_unit(user=user, executable=_executable(), config=config_path))
+        typer.echo(f"# would be written to {result.unit_path}", err=True)
+        return
+    typer.echo(f"wrote {result.unit_path}")
+    if result.env_path is not None:
+        typer.echo(f"wrote {result.env_path} (settings and secrets; mode 0600)")
+    typer.echo("next:")
+    for command in result.commands:
+        typer.echo(f"  {command}")
+
+
+def _executable() -> str:
+    from .service import default_executable
+
+    return default_executable()
+
+
+@app.command()
 def gpus(json_output: JsonOption = False) -> None:
     """GPUs as NVML sees them, with the processes on each."""
     from .gpus import describe, detect_inventory

@@ -85,7 +85,7 @@ Environment=PYTHONUNBUFFERED=1
 _SYSTEM_UNIT = (
     """\
 # bawt-vllm: one daemon that owns every `vllm serve` instance on this machine.
-# System unit. `bawt-vllm install-service` writes it with this host's ExecStart=
+# System unit. `bawt-vllm service install` writes it with this host's ExecStart=
 # path; this copy shows the defaults.
 #
 # Before the first start:
@@ -178,7 +178,7 @@ _USER_UNIT = (
     """\
 # bawt-vllm: one daemon that owns every `vllm serve` instance of this user.
 # User unit: runs as you, with your ~/.config/bawt-vllm/models.yaml, your state dir
-# (~/.local/state/bawt-vllm) and your Hugging Face cache. `bawt-vllm install-service
+# (~/.local/state/bawt-vllm) and your Hugging Face cache. `bawt-vllm service install
 # --user` writes it with this host's ExecStart= path; this copy shows the defaults.
 #
 #   systemctl --user daemon-reload && systemctl --user enable --now bawt-vllm

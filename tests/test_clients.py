@@ -138,8 +138,8 @@ def test_messages_may_be_objects_with_tool_calls():
         tool_calls: list
 
     normalized = normalize_message(Assistant("assistant", None, [Call("c1", Function("f", "{}"))]))
-    assert normalized == {"role": "assistant",
-                          "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    assert normalized == {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
 
 
 def test_availability_and_aliases_follow_the_config(tmp_path, monkeypatch):
