@@ -23,7 +23,7 @@ from .command import ServeCommand, build_serve_command
 from .config import ModelEntry, Settings
 from .gpus import GpuInventory, NoGpuInventory, VramRelease, used_bytes, wait_vram_released
 from .process import KillReport, ProcessIdentity, ServeProcess
-from .readiness import HealthProbe, LogFollower, classify_line, read_log_tail
+from .readiness import STAGE_ORDER, HealthProbe, LogFollower, classify_line, read_log_tail
 
 
 class State(StrEnum):
@@ -412,9 +412,9 @@ class Instance:
             if stage is None:
                 continue
             announced_ready = announced_ready or stage == "ready"
-            if stage != self.stage:
+            if STAGE_ORDER[stage] > STAGE_ORDER.get(self.stage or "", -1):
                 self.stage = stage
-                self._note(line.strip()[-200:], stage=stage)
+                self._note(line.strip()[:200], stage=stage)
         return announced_ready
 
     async def _watch(self) -> str:

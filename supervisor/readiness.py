@@ -18,18 +18,20 @@ from pathlib import Path
 
 import aiohttp
 
-# (stage name, pattern) in load order; the first match of a line wins.
+# (stage, pattern), latest stage first: a line announcing a later stage wins. Stages only
+# move forward (see STAGE_ORDER), so a late log line cannot make the display go backwards.
 LOAD_STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ready", re.compile(r"Application startup complete")),
-    ("serving", re.compile(r"Starting vLLM API server|Uvicorn running on")),
-    ("graph capture", re.compile(r"Capturing CUDA graph|Graph capturing finished|cudagraph", re.I)),
-    ("compiling", re.compile(r"torch\.compile|Compiling a graph|compilation", re.I)),
-    ("kv cache", re.compile(r"KV cache|GPU blocks|CPU blocks|num_gpu_blocks", re.I)),
-    ("weights loaded", re.compile(r"Model loading took|Loading weights took", re.I)),
-    ("loading weights", re.compile(r"Loading (safetensors|pt|gguf)|checkpoint shards|Starting to load model", re.I)),
-    ("downloading", re.compile(r"Downloading|\.safetensors.*\d+%|Fetching \d+ files", re.I)),
-    ("engine starting", re.compile(r"Initializing a V1 LLM engine|EngineCore|Initializing .*engine", re.I)),
+    ("serving", re.compile(r"Starting vLLM (API )?server on|Uvicorn running on")),
+    ("graph capture", re.compile(r"Capturing CUDA graphs?|Graph capturing finished")),
+    ("compiling", re.compile(r"torch\.compile takes|Compiling a graph|Dynamo bytecode transform")),
+    ("kv cache", re.compile(r"KV cache size|Available KV cache memory|# (GPU|CPU) blocks|GiB for KV cache")),
+    ("weights loaded", re.compile(r"Model loading took|Loading weights took")),
+    ("loading weights", re.compile(r"Starting to load model|Loading (safetensors|pt|gguf)|checkpoint shards")),
+    ("downloading", re.compile(r"Downloading|Fetching \d+ files")),
+    ("engine starting", re.compile(r"Initializing a V1 LLM engine|Initializing an LLM engine")),
 )
+STAGE_ORDER = {stage: rank for rank, (stage, _) in enumerate(reversed(LOAD_STAGES))}
 
 
 def classify_line(line: str) -> str | None:

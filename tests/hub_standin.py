@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import struct
@@ -215,8 +216,8 @@ def default_repos(model_dir: Path | None = None) -> list[FakeRepo]:
             "bawt/Qwen2.5-0.5B-Instruct-GPTQ-Int4",
             {
                 "config.json": _json(gptq_config),
-                "model-00001-of-00002.safetensors": weights,
-                "model-00002-of-00002.safetensors": weights,
+                "model-00001-of-00002.safetensors": safetensors_bytes({"a": ("I32", [2, 2])}),
+                "model-00002-of-00002.safetensors": safetensors_bytes({"b": ("F16", [2, 4])}),
                 "model.safetensors.index.json": _json(shard_index),
                 **_tokenizer_files(),
             },
@@ -573,6 +574,7 @@ def point_huggingface_hub(monkeypatch: Any, endpoint: str, hf_home: Path) -> Non
         monkeypatch.setenv(name, value)
     import huggingface_hub.constants as constants
 
+    _import_hub_modules()
     settings = hub_settings(endpoint, hf_home)
     originals = {name: getattr(constants, name) for name in settings if hasattr(constants, name)}
     for name, original in originals.items():
@@ -582,6 +584,22 @@ def point_huggingface_hub(monkeypatch: Any, endpoint: str, hf_home: Path) -> Non
 
 
 _MISSING = object()
+_COPYING_MODULES = (
+    "huggingface_hub.hf_api",
+    "huggingface_hub.file_download",
+    "huggingface_hub._snapshot_download",
+    "huggingface_hub.utils._cache_manager",
+    "huggingface_hub.utils._headers",
+    "huggingface_hub.utils._http",
+)
+
+
+def _import_hub_modules() -> None:
+    """Import the modules that copy constants now: imported later (huggingface_hub loads lazily),
+    they would copy the patched value and keep it after the test (0.24 did that to HF_HUB_CACHE)."""
+    for name in _COPYING_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _hub_modules() -> Iterator[Any]:
