@@ -77,6 +77,7 @@ def up(
         from .foreground import run_foreground
 
         raise typer.Exit(asyncio.run(run_foreground(loaded, model, _say)))
+    _say_if_weights_missing(loaded.entry(model))
     client = _client(loaded, autostart=True)
     from .client import DaemonError
 
@@ -352,6 +353,18 @@ def _client(loaded: Any, *, autostart: bool = False) -> Any:
     return client
 
 
+def _say_if_weights_missing(entry: Any) -> None:
+    from .hub import weights_present
+
+    try:
+        present = weights_present(entry)
+    except Exception:  # the check is advice only; the load itself reports real problems
+        return
+    if not present:
+        typer.echo(f"{entry.alias}: weights are not on disk yet; they will be downloaded before loading "
+                   f"(`bawt-vllm pull {entry.alias}` does it ahead, with progress)", err=True)
+
+
 def _fast_client(config_path: Path | None) -> Any:
     """A client for the daemon, found without validating the whole config (keeps `ps` fast)."""
     from .client import DaemonClient
@@ -420,5 +433,10 @@ def main() -> None:
         sys.exit(130)
 
 
+from . import cli_models  # noqa: E402,F401  (registers entries, add, pull)
+
 if __name__ == "__main__":
-    main()
+    # Run the package's copy of this module, where cli_models registered its commands.
+    from bawt_vllm.supervisor.cli import main as _package_main
+
+    _package_main()

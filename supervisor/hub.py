@@ -219,16 +219,28 @@ def _first_line(error: BaseException) -> str:
 
 
 def search_models(query: str, *, limit: int = 10) -> list[Candidate]:
-    """The most downloaded repositories matching `query` that vLLM can load (safetensors or GGUF)."""
+    """The most downloaded repositories matching `query` that vLLM can load (safetensors or GGUF).
+
+    When a several-word query finds nothing (the Hub may match it as one substring of
+    the repo id), it is retried with its longest word, keeping ids that contain every word.
+    """
+    candidates = _search(query, limit)
+    words = query.lower().split()
+    if not candidates and len(words) > 1:
+        longest = max(words, key=len)
+        candidates = [c for c in _search(longest, limit * 5) if all(w in c.repo_id.lower() for w in words)]
+    return candidates[:limit]
+
+
+def _search(query: str, limit: int) -> list[Candidate]:
     api = _api()
     fetch = min(100, max(limit * 4, 20))  # over-fetch: many hits are adapters, datasets of weights, MLX ...
     expand = ["downloads", "siblings", "safetensors", "config"]
     with _hub_errors():
         infos = list(api.list_models(search=query, sort="downloads", limit=fetch, expand=expand))
-    candidates = [_candidate(info) for info in infos]
-    usable = [c for c in candidates if _is_usable(c)]
+    usable = [candidate for candidate in map(_candidate, infos) if _is_usable(candidate)]
     usable.sort(key=lambda c: c.downloads or 0, reverse=True)
-    return usable[:limit]
+    return usable
 
 
 def inspect_repo(repo_id: str) -> Candidate:

@@ -107,13 +107,29 @@ class Pool:
         gpus = await self._gpus_for(entry)
         port = self.ports.reserve(entry.port)
         api_key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
+        try:
+            source = await self._model_source(entry)
+        except BaseException:
+            self.ports.release(port)
+            raise
         instance = Instance(entry, self.config.settings, Placement(port, tuple(gpus)), log_dir=self.log_dir,
-                            inventory=self.inventory, model_source=self.model_sources.get(entry.alias),
-                            api_key=api_key)
+                            inventory=self.inventory, model_source=source, api_key=api_key)
         instance.add_listener(self._on_event)
         self.instances[entry.alias] = instance
         self.usage.setdefault(entry.alias, Usage())
         return instance
+
+    async def _model_source(self, entry: ModelEntry) -> str | None:
+        """A gguf entry names a Hub file: vLLM needs its local path (downloaded if missing)."""
+        if entry.alias in self.model_sources:
+            return self.model_sources[entry.alias]
+        if entry.kind != "gguf" or entry.path:
+            return None
+        from .hub import pull
+
+        path = await asyncio.to_thread(pull, entry, progress=False)
+        self.model_sources[entry.alias] = str(path)
+        return str(path)
 
     async def _gpus_for(self, entry: ModelEntry) -> list[int]:
         """GPUs for entry; evicts the least recently used idle instance when none is free,

@@ -28,6 +28,7 @@ import contextlib
 import difflib
 import io
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ DEFAULT_INDENT = (2, 4, 2)
 """(mapping, sequence, offset) for files whose indentation cannot be guessed: `- item` two columns in."""
 
 _STATE_ATTR = "_bawt_yamlfile_state"
+_EMPTY_MODELS_LINE = re.compile(rf"^({MODELS_KEY}[ \t]*:)[ \t]*(?:~|null|Null|NULL)?([ \t]*#.*?)?\r?\n?$")
 _WIDTH = 4096  # never fold long scalars or flow lists
 
 
@@ -88,18 +90,36 @@ def _yaml(indent: tuple[int, int, int] = DEFAULT_INDENT) -> YAML:
     return yaml
 
 
-def _guess_indent(text: str) -> tuple[int, int, int]:
-    """The file's own indentation, so new entries look like the existing ones."""
+def _guess_indent(text: str, document: Any) -> tuple[int, int, int]:
+    """The file's own indentation, so new entries look like the existing ones.
+
+    The mapping indent is measured on the document (ruamel's guess reports the
+    sequence indent when a file has lists); the dash offset of lists is ruamel's guess.
+    """
     from ruamel.yaml.util import load_yaml_guess_indent
 
+    mapping = _mapping_indent(document) or DEFAULT_INDENT[0]
     try:
-        _, mapping, offset = load_yaml_guess_indent(text)
-    except Exception:  # the real parse reports syntax errors with a better message
-        return DEFAULT_INDENT
-    if not mapping:
-        return DEFAULT_INDENT
-    offset = offset or 0
-    return mapping, max(mapping, offset + 2), offset
+        _, _, offset = load_yaml_guess_indent(text)
+    except Exception:
+        offset = None
+    offset = DEFAULT_INDENT[2] if offset is None else offset
+    return mapping, offset + 2, offset
+
+
+def _mapping_indent(document: Any) -> int | None:
+    """Columns between a top-level key and its first nested key."""
+    from ruamel.yaml.comments import CommentedMap
+
+    if not isinstance(document, CommentedMap):
+        return None
+    for key, value in document.items():
+        if isinstance(value, CommentedMap) and value and not value.fa.flow_style():
+            with contextlib.suppress(Exception):
+                indent = int(value.lc.key(next(iter(value)))[1]) - int(document.lc.key(key)[1])
+                if indent > 0:
+                    return indent
+    return None
 
 
 def parse_document(text: str, path: Path | str = "<text>") -> CommentedMap:
@@ -107,9 +127,8 @@ def parse_document(text: str, path: Path | str = "<text>") -> CommentedMap:
     from ruamel.yaml.comments import CommentedMap
     from ruamel.yaml.error import YAMLError
 
-    indent = _guess_indent(text)
     try:
-        document = _yaml(indent).load(text)
+        document = _yaml().load(text)
     except YAMLError as error:
         raise ConfigReadError(path, f"invalid YAML: {_one_line(str(error))}") from None
     if document is None:
@@ -119,7 +138,7 @@ def parse_document(text: str, path: Path | str = "<text>") -> CommentedMap:
     models = document.get(MODELS_KEY)
     if models is not None and not isinstance(models, CommentedMap):
         raise ConfigReadError(path, f"'{MODELS_KEY}' must be a map of alias -> model definition")
-    setattr(document, _STATE_ATTR, _State(text=text, indent=indent))
+    setattr(document, _STATE_ATTR, _State(text=text, indent=_guess_indent(text, document)))
     return document
 
 
@@ -268,6 +287,8 @@ def _content_end(lines: list[str], first: int, limit: int) -> int:
     end = first + 1
     for number in range(first + 1, min(limit, len(lines))):
         stripped = lines[number].strip()
+        if stripped in ("---", "...") or stripped.startswith("--- "):
+            break  # a document marker ends the document
         if stripped and not stripped.startswith("#"):
             end = number + 1
     return end
@@ -325,11 +346,13 @@ def _insertion(
     if source.spans:
         return last_end, last_end, joined
     joined = joined[len(separator) :]
-    if source.models_line is not None:
-        if not source.models_is_null:
-            return None
-        return source.models_line + 1, source.models_line + 1, joined
-    return len(lines), len(lines), [f"{MODELS_KEY}:{newline}", *joined]
+    if source.models_line is None:
+        return len(lines), len(lines), [f"{MODELS_KEY}:{newline}", *joined]
+    empty = _EMPTY_MODELS_LINE.match(lines[source.models_line]) if source.models_is_null else None
+    if empty is None:
+        return None
+    header = f"{empty.group(1)}{empty.group(2) or ''}{newline}"  # `models: ~  # x` -> `models:  # x`
+    return source.models_line, source.models_line + 1, [header, *joined]
 
 
 def _reindent(block: list[str], have: int | None, want: int | None) -> list[str]:
@@ -346,20 +369,16 @@ def _same_data(text: str, doc: CommentedMap) -> bool:
         parsed = _yaml().load(text)
     except Exception:
         return False
-    return _plain(parsed) == _plain(doc)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+    return plain(parsed) == plain(doc)
 
 
 def plain(value: Any) -> Any:
     """A ruamel node as plain dicts, lists and scalars (for comparisons)."""
-    return _plain(value)
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
 
 
 # --------------------------------------------------------------------------- diff

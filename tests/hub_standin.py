@@ -59,6 +59,7 @@ class FakeRepo:
     gguf: dict[str, Any] | None = None
     library_name: str | None = "transformers"
     tags: list[str] = field(default_factory=list)
+    gated: bool = False  # everything but the listing answers 401 GatedRepo (no token has access)
 
     @property
     def sha(self) -> str:
@@ -241,6 +242,7 @@ def default_repos(model_dir: Path | None = None) -> list[FakeRepo]:
             {"README.md": b"# notes, no weights\n", "config.json": _json(_qwen_config())},
             downloads=99_999,
         ),
+        FakeRepo("bawt/gated-model", {"config.json": _json(_qwen_config()), "model.safetensors": weights}, gated=True),
         FakeRepo(
             "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
             {"config.json": _json(_qwen_config()), "model.safetensors": weights},
@@ -264,8 +266,9 @@ class Request:
 class HubStandin:
     """The server: `start()` it, point huggingface_hub at `url`, `stop()` it."""
 
-    def __init__(self, repos: list[FakeRepo] | None = None) -> None:
+    def __init__(self, repos: list[FakeRepo] | None = None, *, literal_search: bool = False) -> None:
         self.repos = {repo.repo_id: repo for repo in (repos if repos is not None else default_repos())}
+        self.literal_search = literal_search  # `search=a b` as one substring, not as words
         self.requests: list[Request] = []
         self.unhandled: list[Request] = []
         self._server: ThreadingHTTPServer | None = None
@@ -344,7 +347,8 @@ class _Handler(BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- /api/models
 
     def _list_models(self, query: dict[str, list[str]]) -> None:
-        words = " ".join(query.get("search", [""])).lower().split()
+        search = " ".join(query.get("search", [""])).lower()
+        words = [search] if self.standin.literal_search else search.split()
         repos = [r for r in self.standin.repos.values() if all(word in r.repo_id.lower() for word in words)]
         sort = query.get("sort", [""])[0]
         if sort == "downloads":
@@ -358,6 +362,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo, repo_id, tail = self.standin.find_repo(rest)
         if repo is None:
             return self._error(404, "RepoNotFound", f"Repository Not Found for url: /api/models/{repo_id}.")
+        if repo.gated:
+            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
         if tail == "" or tail.startswith("revision/"):
             revision = tail.removeprefix("revision/") or "main"
             if not self._known_revision(repo, revision):
@@ -386,6 +392,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.standin.repos.get(repo_part)
         if repo is None:
             return self._error(404, "RepoNotFound", "Repository not found", body=method == "GET")
+        if repo.gated:
+            return self._error(401, "GatedRepo", "Access to this model is restricted", body=method == "GET")
         revision, _, filename = tail.partition("/")
         if revision not in ("main", repo.sha):
             return self._error(404, "RevisionNotFound", "Invalid rev id", body=method == "GET")

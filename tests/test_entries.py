@@ -369,3 +369,16 @@ def test_invalid_yaml_is_a_read_error(tmp_path: Path) -> None:
     path.write_text("models:\n  a: [unclosed\n")
     with pytest.raises(yamlfile.ConfigReadError, match="invalid YAML"):
         yamlfile.load_document(path)
+
+
+def test_file_written_by_llm_bawt_add_model_keeps_its_style(config: Config, tmp_path: Path) -> None:
+    """llm-bawt's `--add-model` writes with `yaml.dump(sort_keys=False)`: block lists at offset 0."""
+    target = tmp_path / "models.yaml"
+    target.write_text(yaml.dump({"models": {"mine": {"type": "gguf", "stop": ["a", "b"], "n_ctx": None}}},
+                                sort_keys=False, default_flow_style=False))
+    original = target.read_text()
+
+    apply_merge(plan_merge(config, target))
+
+    added = only_insertions(original, target.read_text()).splitlines()
+    assert added[:2] == ["  qwen-awq:", "    type: openai"]

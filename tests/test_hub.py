@@ -92,6 +92,16 @@ def test_search_limit_and_no_match(hf_home: Path) -> None:
     assert hub.search_models("no such model") == []
 
 
+def test_several_words_fall_back_to_the_longest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with HubStandin(literal_search=True) as literal:
+        point_huggingface_hub(monkeypatch, literal.url, tmp_path / "hf-home")
+        found = hub.search_models("AWQ qwen2.5")
+        searched = [r.query["search"] for r in literal.requests if r.path == "/api/models"]
+
+    assert [c.repo_id for c in found] == [AWQ]
+    assert searched == [["AWQ qwen2.5"], ["qwen2.5"]]
+
+
 def test_inspect_gguf_repo_reads_sizes_and_base_model(hf_home: Path) -> None:
     candidate = hub.inspect_repo(GGUF)
 
@@ -111,6 +121,13 @@ def test_inspect_repo_without_weights_is_a_clear_error(hf_home: Path) -> None:
         hub.inspect_repo("bawt/Qwen2.5-notes")
     with pytest.raises(hub.NoWeightsError, match="MLX weights, which vLLM cannot load"):
         hub.inspect_repo("mlx-community/Qwen2.5-0.5B-Instruct-4bit")
+
+
+def test_gated_repo_is_a_clear_error(hf_home: Path) -> None:
+    with pytest.raises(hub.HubError, match="'bawt/gated-model' is gated"):
+        hub.inspect_repo("bawt/gated-model")
+    with pytest.raises(hub.HubError, match="is gated"):
+        hub.pull({"type": "vllm", "model_id": "bawt/gated-model"}, progress=False)
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

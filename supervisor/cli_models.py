@@ -1,0 +1,180 @@
+"""The CLI commands that edit model lists: `entries` (llm-bawt), `add` and `pull` (Hugging Face).
+
+Thin: the work is in `entries`, `hub` and `yamlfile`; this only asks, shows and reports.
+Every prompt has a flag, and `--yes` takes the proposals, so each command runs unattended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .cli import ConfigOption, _fail, _known, _load, app
+
+
+@app.command()
+def entries(
+    config: ConfigOption = None,
+    write: Annotated[bool, typer.Option("--write", help="Merge them into llm-bawt's models.yaml.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --write: show the diff, write nothing.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite entries of the same alias that bawt-vllm "
+                                          "did not write.")] = False,
+    suffix: Annotated[str, typer.Option("--suffix", help="Append to each alias (e.g. -gw) to avoid clashes.")] = "",
+    target: Annotated[Path | None, typer.Option("--target", help="llm-bawt's models.yaml (default: "
+                                                "$LLM_BAWT_MODELS_CONFIG_PATH, else ~/.config/llm-bawt/models.yaml)")]
+    = None,
+) -> None:
+    """Print (or --write) the llm-bawt `type: openai` entry for each supervised model."""
+    from .entries import apply_merge, llm_bawt_models_path, openai_entries, plan_merge
+    from .yamlfile import YamlFileError
+
+    loaded = _load(config)
+    if not write:
+        import yaml
+
+        typer.echo(yaml.safe_dump({"models": openai_entries(loaded, suffix=suffix)}, sort_keys=False).rstrip())
+        return
+    path = target or llm_bawt_models_path()
+    try:
+        plan = plan_merge(loaded, path, replace=replace, suffix=suffix)
+        for message in plan.conflict_messages():
+            typer.echo(message, err=True)
+        if dry_run:
+            typer.echo(plan.diff() or f"{path}: nothing would change")
+            return
+        backup = apply_merge(plan)
+    except YamlFileError as error:
+        raise _fail(str(error)) from None
+    summary = f"added {len(plan.added)}, updated {len(plan.updated)}, unchanged {len(plan.unchanged)}"
+    typer.echo(f"{path}: {summary}" + (f" (backup: {backup})" if backup else ""))
+    if plan.conflicts:
+        raise typer.Exit(1)
+
+
+@app.command()
+def add(
+    repo: Annotated[str | None, typer.Argument(help="A Hugging Face repo id (ORG/NAME).")] = None,
+    search: Annotated[str | None, typer.Option("--search", "-s", help="Search the Hub instead.")] = None,
+    choice: Annotated[int | None, typer.Option("--choice", help="Which search result (1 = first).")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="The alias to add it as.")] = None,
+    gguf_file: Annotated[str | None, typer.Option("--gguf-file", help="For GGUF repos: which file.")] = None,
+    quantization: Annotated[str | None, typer.Option("--quantization", help="Override the detected one.")] = None,
+    tool_call_parser: Annotated[str | None, typer.Option("--tool-call-parser", help="Override the suggestion.")]
+    = None,
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Override the suggestion.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an entry with the same alias.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Take every proposal without asking.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add a model from Hugging Face to models.yaml (paste ORG/NAME, or --search)."""
+    from .config import ConfigError
+    from .hub import HubError, add_model, choose_gguf_file, entry_for_repo, inspect_repo, propose_alias
+
+    if (repo is None) == (search is None):
+        raise _fail("give a repo id (ORG/NAME) or --search QUERY", 2)
+    try:
+        repo_id = repo or _pick_from_search(search or "", choice, yes)
+        if gguf_file is None:
+            candidate = inspect_repo(repo_id)
+            if not candidate.has_safetensors and candidate.gguf_files:
+                gguf_file = _pick_gguf(candidate.gguf_files, choose_gguf_file(candidate.gguf_files), yes)
+        overrides = {key: value for key, value in {"quantization": quantization, "max_model_len": max_model_len,
+                     "tool_call_parser": tool_call_parser}.items() if value is not None}
+        if tool_call_parser:
+            overrides["tool_support"] = "native"
+        candidate, entry = entry_for_repo(repo_id, gguf_file=gguf_file, overrides=overrides)
+        path = _target_config(config)
+        taken = _aliases_in(path)
+        proposed = propose_alias(repo_id, candidate.quantization, taken)
+        chosen = alias or (proposed if yes else typer.prompt("alias", default=proposed))
+        typer.echo(_entry_preview(chosen, entry))
+        if not yes and not typer.confirm(f"add to {path}?", default=True):
+            raise typer.Exit(1)
+        backup = add_model(path, chosen, entry, replace=replace)
+    except (HubError, ConfigError) as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"added '{chosen}' (type: {entry['type']}) to {path}" + (f"; backup {backup}" if backup else ""))
+    typer.echo(f"next: bawt-vllm pull {chosen}   (download ahead)  then  bawt-vllm up {chosen}")
+
+
+def _pick_from_search(query: str, choice: int | None, yes: bool) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .hub import search_models
+
+    found = search_models(query)
+    if not found:
+        raise _fail(f"no model with safetensors or GGUF weights matches '{query}'")
+    table = Table("#", "model", "quant", "size", "downloads")
+    for number, candidate in enumerate(found, 1):
+        size = "-" if candidate.size_bytes is None else f"{candidate.size_bytes / 1e9:.1f} GB"
+        downloads = "-" if candidate.downloads is None else f"{candidate.downloads:,}"
+        table.add_row(str(number), candidate.repo_id, candidate.quantization or "-", size, downloads)
+    Console(stderr=True).print(table)
+    if choice is None:
+        choice = 1 if yes else typer.prompt("which one", default=1, type=int)
+    if not 1 <= choice <= len(found):
+        raise _fail(f"choose 1 to {len(found)}", 2)
+    return found[choice - 1].repo_id
+
+
+def _pick_gguf(files: list[str], proposed: str | None, yes: bool) -> str:
+    if proposed is None:
+        raise _fail("this repo has only split or projector GGUF files, which vLLM cannot load")
+    if yes or len(files) == 1:
+        return proposed
+    for name in files:
+        typer.echo(f"  {name}", err=True)
+    return str(typer.prompt("GGUF file", default=proposed))
+
+
+def _target_config(config: Path | None) -> Path:
+    """The models.yaml to add to: the one in use, else ~/.config/bawt-vllm/models.yaml (created)."""
+    from .locations import ConfigError, find_config_path
+
+    try:
+        return find_config_path(config)
+    except ConfigError:
+        if config is not None:
+            return config.expanduser()
+        import os
+
+        home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return home / "bawt-vllm" / "models.yaml"
+
+
+def _aliases_in(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    import yaml
+
+    document = yaml.safe_load(path.read_text()) or {}
+    models = document.get("models") if isinstance(document, dict) else None
+    return set(models) if isinstance(models, dict) else set()
+
+
+def _entry_preview(alias: str, entry: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump({alias: entry}, sort_keys=False).rstrip()
+
+
+@app.command()
+def pull(model: Annotated[str, typer.Argument(help="Alias from models.yaml.")], config: ConfigOption = None) -> None:
+    """Download MODEL's weights ahead of time (with progress), so `up` does not wait silently."""
+    from .hub import HubError, weights_present
+    from .hub import pull as pull_weights
+
+    loaded = _load(config)
+    _known(loaded, model)
+    entry = loaded.entry(model)
+    if weights_present(entry):
+        typer.echo(f"{model}: weights already present")
+    try:
+        path = pull_weights(entry, progress=True)
+    except HubError as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"{model}: ready on disk at {path}")
