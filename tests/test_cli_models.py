@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bawt_vllm.supervisor.ports import free_port
 from helpers import alive, wait_until
 from hub_standin import HubStandin, default_repos, hub_environment
-
-from bawt_vllm.supervisor.ports import free_port
 
 COMMENTED = """\
 # my models
