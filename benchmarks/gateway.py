@@ -22,7 +22,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Daemon, median, percentile, testbed, tiny_entry, write_config  # noqa: E402
+from _common import Daemon, median, percentile, testbed, tiny_entry, write_config
 
 
 async def one_completion(session: aiohttp.ClientSession, base: str) -> float:

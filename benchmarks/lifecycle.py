@@ -25,11 +25,10 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import STANDIN, Daemon, median, testbed, tiny_entry, write_config  # noqa: E402
-
-from bawt_vllm.supervisor.config import load_config  # noqa: E402
-from bawt_vllm.supervisor.instance import State  # noqa: E402
-from bawt_vllm.supervisor.pool import Pool  # noqa: E402
+from _common import STANDIN, Daemon, median, testbed, tiny_entry, write_config
+from bawt_vllm.supervisor.config import load_config
+from bawt_vllm.supervisor.instance import State
+from bawt_vllm.supervisor.pool import Pool
 
 
 def watch_for_line(log_dir: Path, needle: bytes, seen: dict[str, float], stop: threading.Event) -> None:

@@ -173,6 +173,7 @@ class Instance:
         self._vram_before: int | None = None
         self._vram_running: int | None = None
         self._follower: LogFollower | None = None
+        self._shutdown_coming = False
 
     # -- read side --------------------------------------------------------------------
     @property
@@ -245,6 +246,7 @@ class Instance:
                 return
             self.restarts = 0
             self.last_error = None
+            self._shutdown_coming = False
             self._enter(State.STARTING, "start requested")
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise {self.alias}")
 
@@ -264,8 +266,17 @@ class Instance:
         await self.start()
         await self.wait_ready(timeout)
 
+    def expect_shutdown(self) -> None:
+        """A stop is coming: a process that dies from now on is not restarted.
+
+        Under systemd's KillMode=control-group every vLLM process gets SIGTERM at the same
+        moment as the daemon; without this, a watcher could start a fresh one meanwhile.
+        """
+        self._shutdown_coming = True
+
     async def stop(self) -> StopResult:
         """Stop the whole tree and prove it is gone (and its VRAM back, on a GPU)."""
+        self._shutdown_coming = True
         async with self._lifecycle:
             if self._process is None and self._state in (State.STOPPED, State.FAILED):
                 if self._state is State.FAILED:
@@ -325,6 +336,8 @@ class Instance:
                                           log_tail=self.log_tail(), log_path=self.log_path)
             cleanup = await self._end_process()
             self._note(f"{reason}; what was left of the tree is gone: {cleanup.proof()}")
+            if self._shutdown_coming:
+                return
             if self.restarts >= self.settings.max_restarts:
                 self._enter(State.FAILED, f"{reason}; gave up after {self.restarts} restart(s)")
                 return

@@ -249,6 +249,8 @@ class Pool:
         return expired
 
     async def close(self) -> list[StopResult]:
+        for instance in self.instances.values():
+            instance.expect_shutdown()
         if self._ttl_task is not None:
             self._ttl_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

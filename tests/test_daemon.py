@@ -176,8 +176,9 @@ def test_sigterm_stops_every_instance_before_exit(tmp_path):
     listener.bind(str(notify_path))
     listener.settimeout(30)
     try:
-        config = config_for(tmp_path, {"a": standin_entry("engine_child"), "b": standin_entry("ignore_sigterm")},
-                            stop_grace_s=0.5)
+        seen = tmp_path / "a-env.json"
+        a = standin_entry("engine_child", env={"FAKE_VLLM_ARGV_FILE": str(seen)})
+        config = config_for(tmp_path, {"a": a, "b": standin_entry("ignore_sigterm")}, stop_grace_s=0.5)
         daemon = RunningDaemon(config, env={"NOTIFY_SOCKET": str(notify_path)})
         with daemon:
             assert b"READY=1" in listener.recv(4096)
@@ -185,6 +186,7 @@ def test_sigterm_stops_every_instance_before_exit(tmp_path):
             daemon.client.up("b")
             pids = tree_pids(daemon)
             assert len(alive(pids)) == 3
+            assert json.loads(seen.read_text())["notify_socket"] is None, "vLLM must not talk to systemd"
             assert daemon.stop() == 0
             assert b"STOPPING=1" in listener.recv(4096)
             assert alive(pids) == []
@@ -202,3 +204,45 @@ def test_metrics_count_starts_and_requests(tmp_path):
         assert 'bawt_vllm_instances{state="ready"} 1.0' in text
         assert 'bawt_vllm_starts_total{model="m"} 1.0' in text
         assert 'bawt_vllm_requests_total{model="m",route="completions"} 1.0' in text
+
+
+def test_client_disconnect_cancels_the_upstream_generation(tmp_path):
+    models = {"m": standin_entry(env={"FAKE_VLLM_TOKENS": "200", "FAKE_VLLM_TOKEN_S": "0.02"})}
+    with RunningDaemon(config_for(tmp_path, models)) as daemon:
+        lines = stream_lines(daemon.gateway() + "/chat/completions", {"model": "m", "stream": True, "messages": []})
+        assert next(line for line in lines if line.startswith("data:"))
+        lines.close()  # the client goes away mid-stream
+        log = tmp_path / "state" / "logs" / "m.1.log"
+        assert wait_until(lambda: "generation aborted" in log.read_text(), 10)
+        row = daemon.client.status()["models"][0]
+        assert row["in_flight"] == 0
+
+
+def test_logs_follow_and_cli_errors(tmp_path):
+    config = config_for(tmp_path, {"m": standin_entry()})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("models:\n  x:\n    type: vllm\n    max_model_length: 5\n  y:\n    type: vllm\n"
+                      "    model_id: a/b\n    tool_support: native\n")
+    check = cli("config", "check", config=broken)
+    assert check.returncode == 2
+    assert "models.x.max_model_length: unknown key 'max_model_length' (did you mean 'max_model_len'?)" in check.stderr
+    assert "models.x.model_id" in check.stderr and "models.y.tool_call_parser" in check.stderr
+    assert cli("gpus", "--json", config=config).returncode == 2, "gpus takes no --config"
+    gpus = subprocess.run([sys.executable, "-m", "bawt_vllm.supervisor.cli", "gpus"], capture_output=True, text=True)
+    assert gpus.returncode == 0 and "no GPU" in gpus.stdout
+    with RunningDaemon(config) as daemon:
+        daemon.client.up("m")
+        follower = subprocess.Popen([sys.executable, "-m", "bawt_vllm.supervisor.cli", "logs", "m", "-f",
+                                     "--config", str(config)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert "Application startup complete." in "".join(follower.stdout.readline() for _ in range(7))
+            daemon.client.down("m")
+            assert wait_until(lambda: "Shutting down" in (tmp_path / "state/logs/m.1.log").read_text(), 10)
+            for line in follower.stdout:
+                if "Shutting down" in line:
+                    break
+        finally:
+            follower.kill()
+            follower.wait()
+        unknown = cli("logs", "nope", config=config)
+        assert unknown.returncode == 1 and "unknown model 'nope'" in unknown.stderr

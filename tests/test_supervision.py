@@ -285,3 +285,55 @@ def test_serve_process_reaps_zombies(tmp_path):
     assert report.clean and process.exit_code() == -signal.SIGTERM
     with pytest.raises(ChildProcessError):
         os.waitpid(process.pid, os.WNOHANG)
+
+
+def _gpu(index: int, free_gib: float, total_gib: float = 80.0):
+    from bawt_vllm.supervisor.gpus import GIB, GpuInfo
+
+    used = int((total_gib - free_gib) * GIB)
+    return GpuInfo(index=index, uuid=f"GPU-{index}", name="H100", total_bytes=int(total_gib * GIB), used_bytes=used,
+                   free_bytes=int(free_gib * GIB), processes=())
+
+
+def test_one_gpu_each_with_pci_order_and_a_clear_error_when_full(tmp_path):
+    from bawt_vllm.supervisor.gpus import StaticInventory
+
+    models = {name: standin_entry(env={"FAKE_VLLM_ARGV_FILE": str(tmp_path / f"{name}.json")},
+                                  gpu_memory_utilization=0.5) for name in ("a", "b", "c")}
+    path = write_models_yaml(tmp_path / "models.yaml", models, **standin_settings(tmp_path, eviction_wait_s=0.2))
+    pool = Pool(load_config(path), inventory=StaticInventory([_gpu(0, 79), _gpu(1, 70)]))
+
+    async def scenario():
+        await pool.up("a", timeout=20)
+        await pool.up("b", timeout=20)
+        async with pool.in_use("a"), pool.in_use("b"):
+            with pytest.raises(CapacityError) as full:
+                await pool.up("c", timeout=20)
+        placements = {alias: pool.instances[alias].placement.gpus for alias in ("a", "b")}
+        await pool.close()
+        return placements, str(full.value)
+
+    placements, message = run(scenario())
+    assert placements == {"a": (0,), "b": (1,)}, "the freest GPU first, never one another instance holds"
+    seen = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    assert seen["a"]["cuda_visible_devices"] == "0" and seen["b"]["cuda_visible_devices"] == "1"
+    assert seen["a"]["cuda_device_order"] == "PCI_BUS_ID"
+    assert "GPU 0 (H100) is held by a" in message and "GPU 1 (H100) is held by b" in message
+
+
+def test_a_stop_under_way_prevents_restarts(tmp_path):
+    pool = make_pool(tmp_path, {"m": standin_entry("engine_child")}, restart_backoff_s=0.0)
+
+    async def scenario():
+        instance = await pool.up("m", timeout=20)
+        pid = instance.pid
+        instance.expect_shutdown()  # as when systemd signals the whole cgroup at once
+        os.kill(pid, signal.SIGTERM)
+        while instance.process is not None:
+            await asyncio.wait_for(instance.wait_change(), 10)
+        await pool.close()
+        return instance
+
+    instance = run(scenario())
+    assert [e.stage for e in instance.events].count("launched") == 1, "no new vllm serve was started"
+    assert instance.state is State.STOPPED
