@@ -16,9 +16,10 @@ import os
 import pwd
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic import write_atomically
 
 __all__ = [
     "DEFAULT_EXECUTABLE",
@@ -335,27 +336,8 @@ def _unit_env_file(user: bool, env_path: Path) -> Path | None:
 
 
 def _write_atomic(path: Path, text: str, mode: int, *, overwrite: bool = True) -> bool:
-    """Write via a temporary file in the same directory, so a reader (systemd) sees
-    the old file or the new one, never half of one. Without `overwrite` the file is
-    linked into place, which fails if it exists: returns False and leaves it alone."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temporary, path)
-            return True
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    return write_atomically(path, text.encode("utf-8"), mode, overwrite=overwrite)
 
 
 def _user_exists(name: str) -> bool:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import write_atomically
 from .process import ProcessIdentity
 
 
@@ -41,23 +40,6 @@ class InstanceRecord:
         return [ProcessIdentity(int(pid), float(created)) for pid, created in self.members]
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write via a temp file in the same directory and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 class StateStore:
     """Instance records under <state_dir>/instances/."""
 
@@ -66,7 +48,7 @@ class StateStore:
 
     def save(self, record: InstanceRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(self._path(record.alias), json.dumps(asdict(record), indent=1).encode())
+        write_atomically(self._path(record.alias), json.dumps(asdict(record), indent=1).encode(), 0o600)
 
     def remove(self, alias: str) -> None:
         with contextlib.suppress(FileNotFoundError):

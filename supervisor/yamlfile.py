@@ -30,11 +30,12 @@ import io
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .atomic import write_atomically
 
 if TYPE_CHECKING:
     from ruamel.yaml import YAML
@@ -470,32 +471,10 @@ def _new_file_mode() -> int:
 
 def _atomic_write(shown: Path, target: Path, data: bytes, mode: int) -> None:
     try:
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        write_atomically(target, data, mode)
     except OSError as error:
-        message = f"cannot write in {target.parent}: {_describe_os_error(error)}"
-        raise ConfigWriteError(shown, message) from None
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, target)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
         raise ConfigWriteError(shown, f"cannot write {target}: {_describe_os_error(error)}") from None
-    _fsync_directory(target.parent)
 
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable; not every filesystem allows it, which is fine."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 def _describe_os_error(error: BaseException) -> str:
