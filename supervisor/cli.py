@@ -75,8 +75,12 @@ def up(
         import asyncio
 
         from .foreground import run_foreground
+        from .statefile import StateDirBusy
 
-        raise typer.Exit(asyncio.run(run_foreground(loaded, model, _say)))
+        try:
+            raise typer.Exit(asyncio.run(run_foreground(loaded, model, _say)))
+        except StateDirBusy as error:
+            raise _fail(f"{error}; stop it first, or drop --foreground to ask the daemon") from None
     _say_if_weights_missing(loaded.entry(model))
     client = _client(loaded, autostart=True)
     from .client import DaemonError
@@ -195,11 +199,12 @@ def logs(
 @app.command()
 def daemon(config: ConfigOption = None) -> None:
     """Run the daemon in the foreground (what systemd runs): control socket + OpenAI gateway."""
-    from .daemon import DaemonAlreadyRunning, run_daemon
+    from .daemon import run_daemon
+    from .statefile import StateDirBusy
 
     try:
         raise typer.Exit(run_daemon(config))
-    except DaemonAlreadyRunning as error:
+    except StateDirBusy as error:
         raise _fail(str(error)) from None
 
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import time
 from pathlib import Path
-from typing import IO
 
 from aiohttp import web
 
@@ -29,12 +27,9 @@ from .notify import notify_ready, notify_status, notify_stopping
 from .pool import Pool, entry_fingerprint
 from .process import become_subreaper
 from .signals import SignalHub
+from .statefile import StateDirLock
 
 log = logging.getLogger("bawt_vllm.daemon")
-
-
-class DaemonAlreadyRunning(RuntimeError):
-    pass
 
 
 def control_socket_path(config: Config) -> Path:
@@ -47,7 +42,7 @@ class Daemon:
         self.hub = SignalHub()
         self.shutting_down = False
         self._runners: list[web.AppRunner] = []
-        self._lock_file: IO[str] | None = None
+        self._lock: StateDirLock | None = None
         self._tasks: set[asyncio.Task[object]] = set()
 
     async def run(self) -> int:
@@ -55,7 +50,7 @@ class Daemon:
         self.config_path = config.path
         state_dir = Path(config.settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock(state_dir)
+        self._lock = StateDirLock(state_dir, "daemon")
         become_subreaper()
         self.hub.install(on_reload=lambda: self._spawn(self.reload()))
         self.pool = Pool(config)
@@ -81,21 +76,6 @@ class Daemon:
         settings = self.pool.config.settings
         host = settings.gateway_host if settings.gateway_host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"http://{host}:{self.gateway_port}"
-
-    def _lock(self, state_dir: Path) -> None:
-        handle = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held for the daemon's life
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            raise DaemonAlreadyRunning(f"a bawt-vllm daemon (pid {holder}) already runs on {state_dir}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_file = handle
 
     async def _serve(self, config: Config) -> None:
         gateway = Gateway(self.pool, self.metrics, shutting_down=lambda: self.shutting_down)
@@ -178,8 +158,8 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 control_socket_path(self.pool.config).unlink()
         self.hub.uninstall()
-        if self._lock_file is not None:
-            self._lock_file.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def run_daemon(config_path: Path | None) -> int:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import Config
 from .instance import Event, Instance, StartFailed, State, StopResult
 from .pool import Pool, RecoveryReport
 from .process import become_subreaper
 from .signals import SignalHub
+from .statefile import StateDirLock
 
 Say = Callable[[str], None]
 
@@ -48,6 +50,7 @@ def describe_stop(result: StopResult) -> str:
 async def run_foreground(config: Config, alias: str, say: Say, *, pool: Pool | None = None) -> int:
     """Supervise `alias` until a signal; the process exit status."""
     config.entry(alias)
+    lock = StateDirLock(Path(config.settings.state_dir), "foreground supervisor")
     become_subreaper()
     hub = SignalHub()
     hub.install()
@@ -61,6 +64,7 @@ async def run_foreground(config: Config, alias: str, say: Say, *, pool: Pool | N
             if result.was_running:
                 say(describe_stop(result))
         hub.uninstall()
+        lock.release()
 
 
 async def _serve_until_signal(pool: Pool, alias: str, hub: SignalHub, say: Say) -> int:

@@ -9,7 +9,9 @@ OOM-killed leaves these behind; the next start checks each process by pid *and* 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,37 @@ class InstanceRecord:
 
     def member_identities(self) -> list[ProcessIdentity]:
         return [ProcessIdentity(int(pid), float(created)) for pid, created in self.members]
+
+
+class StateDirBusy(RuntimeError):
+    """Another supervisor (a daemon or a foreground `up`) owns this state directory."""
+
+
+class StateDirLock:
+    """One supervisor per state directory: an exclusive flock on <state_dir>/supervisor.lock.
+
+    The kernel drops the lock when its holder dies, however it dies, so a crashed
+    supervisor never blocks the next one.
+    """
+
+    def __init__(self, state_dir: Path, role: str) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = state_dir / "supervisor.lock"
+        self._handle = open(self.path, "a+")  # noqa: SIM115 - held for the supervisor's life
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise StateDirBusy(f"{holder} already supervises {state_dir}") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"a bawt-vllm {role} (pid {os.getpid()})")
+        self._handle.flush()
+
+    def release(self) -> None:
+        self._handle.close()
 
 
 class StateStore:

@@ -246,3 +246,13 @@ def test_logs_follow_and_cli_errors(tmp_path):
             follower.wait()
         unknown = cli("logs", "nope", config=config)
         assert unknown.returncode == 1 and "unknown model 'nope'" in unknown.stderr
+
+
+def test_one_supervisor_per_state_directory(tmp_path):
+    config = config_for(tmp_path, {"m": standin_entry()})
+    with RunningDaemon(config):
+        second = cli("daemon", config=config, timeout=30)
+        assert second.returncode == 1 and "already supervises" in second.stderr
+        foreground = cli("up", "m", "--foreground", config=config, timeout=30)
+        assert foreground.returncode == 1 and "a bawt-vllm daemon (pid" in foreground.stderr
+        assert "drop --foreground" in foreground.stderr
