@@ -5,7 +5,6 @@ supervisor/yamlfile.py)."""
 from __future__ import annotations
 
 import difflib
-import os
 import stat
 import textwrap
 from pathlib import Path
@@ -291,14 +290,17 @@ def test_read_only_file_is_a_clear_error_and_untouched(config: Config, target: P
     assert sorted(p.name for p in target.parent.iterdir()) == ["models.yaml"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_unwritable_directory_is_a_clear_error(config: Config, target: Path) -> None:
-    target.parent.chmod(0o555)
-    try:
-        with pytest.raises(ConfigWriteError, match="cannot write"):
-            apply_merge(plan_merge(config, target))
-    finally:
-        target.parent.chmod(0o755)
+def test_unwritable_directory_is_a_clear_error(
+    config: Config, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A directory without write permission (simulated: the tests run as root, who may write anyway).
+    def no_temp_file(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(target.parent))
+
+    monkeypatch.setattr("bawt_vllm.supervisor.atomic.tempfile.mkstemp", no_temp_file)
+    with pytest.raises(ConfigWriteError, match="cannot write") as raised:
+        apply_merge(plan_merge(config, target))
+    assert "Permission denied" in str(raised.value)
     assert target.read_text() == LLM_BAWT_FILE
 
 
