@@ -86,7 +86,7 @@ def up(
     from .client import DaemonError
 
     try:
-        result = client.up(model, on_event=_show_event)
+        result = _up_with_progress(client, model)
     except DaemonError as error:
         raise _fail(str(error)) from None
     info = result["model"]
@@ -384,9 +384,32 @@ def _fast_client(config_path: Path | None) -> Any:
     return DaemonClient(state_dir / "control.sock")
 
 
-def _show_event(event: dict[str, Any]) -> None:
+def _up_with_progress(client: Any, model: str) -> dict[str, Any]:
+    """Ask the daemon to load model, showing each load stage; on a terminal, with a spinner."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return client.up(model, on_event=_show_event)
+    import time
+
+    started = time.monotonic()
+    with console.status(f"loading {model}") as status:
+        def on_event(event: dict[str, Any]) -> None:
+            console.print(_event_line(event), markup=False, highlight=False)
+            label = event.get("stage") or event.get("state")
+            status.update(f"loading {model}: {label} ({time.monotonic() - started:.0f}s)")
+
+        return client.up(model, on_event=on_event)
+
+
+def _event_line(event: dict[str, Any]) -> str:
     label = event.get("stage") or event.get("state")
-    typer.echo(f"  [{label}] {event.get('message', '')[:160]}", err=True)
+    return f"  [{label}] {event.get('message', '')[:160]}"
+
+
+def _show_event(event: dict[str, Any]) -> None:
+    typer.echo(_event_line(event), err=True)
 
 
 def _print_log_file(loaded: Any, model: str, start: int | None, lines: int) -> None:

@@ -167,3 +167,28 @@ def stream_lines(url: str, payload: dict[str, Any], timeout: float = 30):
             yield line.decode().rstrip("\r\n")
     finally:
         connection.close()
+
+
+def daemon_pid(state_dir: Path) -> int | None:
+    """The pid of the daemon holding state_dir's lock (as the lock file names it), if any."""
+    import re
+
+    try:
+        text = (state_dir / "supervisor.lock").read_text()
+    except FileNotFoundError:
+        return None
+    found = re.search(r"daemon \(pid (\d+)\)", text)
+    return int(found.group(1)) if found and alive([int(found.group(1))]) else None
+
+
+def stop_daemon(pid: int | None, timeout: float = 60) -> None:
+    """SIGTERM an auto-started daemon and wait until it is gone."""
+    import os
+    import signal
+
+    if pid is None or not alive([pid]):
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not wait_until(lambda: not alive([pid]), timeout):
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"daemon {pid} did not stop within {timeout:.0f}s of SIGTERM")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bawt_vllm.supervisor.ports import free_port
-from helpers import alive, wait_until
+from helpers import alive, daemon_pid, stop_daemon
 from hub_standin import HubStandin, default_repos, hub_environment
 
 COMMENTED = """\
@@ -96,14 +95,10 @@ def test_added_and_pulled_model_serves_for_real(tmp_path, testbed, monkeypatch):
     config.write_text(yaml.safe_dump(document))
     offline = {**env, "HF_HUB_OFFLINE": "1"}
     up = cli("up", "pulled", "--config", str(config), env=offline, timeout=300)
-    status = tmp_path / "state" / "control.sock"
-    daemon_pid = None
+    started = daemon_pid(tmp_path / "state")
     try:
         assert up.returncode == 0, up.stderr
         assert "weights are not on disk" not in up.stderr
-        from bawt_vllm.supervisor.client import DaemonClient
-
-        daemon_pid = DaemonClient(status).status()["daemon"]["pid"]
         record = json.loads((tmp_path / "state" / "instances" / "pulled.json").read_text())
         members = [int(pid) for pid, _ in record["members"]]
         chat = cli("chat", "pulled", "hi", "--max-tokens", "5", "--config", str(config), env=offline)
@@ -112,6 +107,4 @@ def test_added_and_pulled_model_serves_for_real(tmp_path, testbed, monkeypatch):
         assert down.returncode == 0 and "none alive" in down.stdout
         assert alive(members) == []
     finally:
-        if daemon_pid:
-            os.kill(daemon_pid, signal.SIGTERM)
-            assert wait_until(lambda: not alive([daemon_pid]), 60)
+        stop_daemon(started)

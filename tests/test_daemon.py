@@ -17,9 +17,11 @@ from bawt_vllm.supervisor.ports import free_port
 from helpers import (
     RunningDaemon,
     alive,
+    daemon_pid,
     http,
     standin_entry,
     standin_settings,
+    stop_daemon,
     stream_lines,
     wait_until,
     write_models_yaml,
@@ -46,7 +48,7 @@ def tree_pids(daemon: RunningDaemon) -> list[int]:
 def test_up_autostarts_the_daemon_and_down_proves_gone(tmp_path):
     config = config_for(tmp_path, {"m": standin_entry("engine_child")})
     up = cli("up", "m", config=config)
-    daemon_pid = None
+    started = daemon_pid(tmp_path / "state")
     try:
         assert up.returncode == 0, up.stderr
         assert "no daemon running: starting one" in up.stderr
@@ -55,16 +57,14 @@ def test_up_autostarts_the_daemon_and_down_proves_gone(tmp_path):
         ps = json.loads(cli("ps", "--json", config=config).stdout)
         assert [(r["alias"], r["state"]) for r in ps] == [("m", "ready")]
         status = json.loads(cli("status", "--json", config=config).stdout)
-        daemon_pid = status["daemon"]["pid"]
+        assert status["daemon"]["pid"] == started
         members = [int(p) for p, _ in json.loads((tmp_path / "state/instances/m.json").read_text())["members"]]
         assert len(alive(members)) == 2
         down = cli("down", "m", config=config)
         assert down.returncode == 0 and "m: gone in" in down.stdout and "none alive" in down.stdout
         assert alive(members) == []
     finally:
-        if daemon_pid and alive([daemon_pid]):
-            os.kill(daemon_pid, 15)
-            assert wait_until(lambda: not alive([daemon_pid]), 30)
+        stop_daemon(started)
 
 
 def test_control_socket_is_owner_only(tmp_path):
@@ -256,3 +256,13 @@ def test_one_supervisor_per_state_directory(tmp_path):
         foreground = cli("up", "m", "--foreground", config=config, timeout=30)
         assert foreground.returncode == 1 and "a bawt-vllm daemon (pid" in foreground.stderr
         assert "drop --foreground" in foreground.stderr
+
+
+def test_streaming_client_gets_sse_comments_while_the_model_loads(tmp_path):
+    models = {"slow": standin_entry(env={"FAKE_VLLM_LOAD_S": "2.5"})}
+    with RunningDaemon(config_for(tmp_path, models)) as daemon:
+        lines = [line for line in stream_lines(daemon.gateway() + "/chat/completions",
+                                               {"model": "slow", "stream": True, "messages": []}) if line]
+        assert lines[0].startswith(": loading slow ("), lines
+        assert lines[-1] == "data: [DONE]"
+        assert sum(line.startswith("data: {") for line in lines) == 5

@@ -19,7 +19,7 @@ from bawt_vllm.supervisor.config import load_config
 from bawt_vllm.supervisor.instance import State
 from bawt_vllm.supervisor.pool import Pool
 from bawt_vllm.supervisor.ports import free_port
-from helpers import RunningDaemon, alive, run, wait_until, write_models_yaml
+from helpers import RunningDaemon, alive, daemon_pid, run, stop_daemon, wait_until, write_models_yaml
 
 pytestmark = pytest.mark.real_vllm
 
@@ -128,7 +128,7 @@ def test_daemon_end_to_end(tmp_path, testbed):
     config = real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)})
     up = subprocess.run([sys.executable, "-m", "bawt_vllm.supervisor.cli", "up", "tiny", "--config", str(config)],
                         capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
-    daemon_pid = None
+    started = daemon_pid(tmp_path / "state")
     try:
         assert up.returncode == 0, up.stderr
         assert "starting one" in up.stderr and "[weights loaded]" in up.stderr and "tiny is ready" in up.stdout
@@ -136,7 +136,7 @@ def test_daemon_end_to_end(tmp_path, testbed):
 
         control = DaemonClient(tmp_path / "state" / "control.sock")
         status = control.status()
-        daemon_pid = status["daemon"]["pid"]
+        assert status["daemon"]["pid"] == started
         client = openai.OpenAI(base_url=status["daemon"]["gateway"] + "/v1", api_key="none")
         _chat_stream_and_tool_call(client)
         ps = subprocess.run([sys.executable, "-m", "bawt_vllm.supervisor.cli", "ps", "--json", "--config",
@@ -149,9 +149,7 @@ def test_daemon_end_to_end(tmp_path, testbed):
         assert down.returncode == 0 and "tiny: gone in" in down.stdout, down.stdout + down.stderr
         assert alive(members) == []
     finally:
-        if daemon_pid:
-            os.kill(daemon_pid, signal.SIGTERM)
-            assert wait_until(lambda: not alive([daemon_pid]), 60)
+        stop_daemon(started)
 
 
 def _chat_stream_and_tool_call(client: openai.OpenAI) -> None:
