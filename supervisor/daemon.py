@@ -14,7 +14,9 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -85,7 +87,7 @@ class Daemon:
         site = web.TCPSite(gateway_runner, config.settings.gateway_host, config.settings.gateway_port,
                            reuse_address=True)
         await site.start()
-        self.gateway_port = site._server.sockets[0].getsockname()[1] if site._server else config.settings.gateway_port
+        self.gateway_port = config.settings.gateway_port
         socket_path = control_socket_path(config)
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # a stale socket of a dead daemon (the lock proves none runs)
@@ -112,8 +114,8 @@ class Daemon:
         except Exception as error:  # a failed preload must not take the daemon down
             log.error("preload of %s failed: %s", alias, error)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

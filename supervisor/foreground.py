@@ -7,7 +7,7 @@ it supervised, and on Ctrl-C or SIGTERM stops the whole tree and shows the proof
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .config import Config
@@ -100,8 +100,8 @@ async def _until_ready_or_signal(instance: Instance, hub: SignalHub) -> bool:
     return not hub.shutdown.is_set()
 
 
-async def _first_of(*awaitables: object) -> None:
-    tasks = [asyncio.ensure_future(a) for a in awaitables]  # type: ignore[arg-type]
+async def _first_of(*awaitables: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -713,11 +713,11 @@ def _pull_gguf(values: Mapping[str, Any]) -> Path:
 
     try:
         with _hub_errors(repo_id):
-            path = hf_hub_download(repo_id, filename, library_name=LIBRARY_NAME)
+            downloaded = hf_hub_download(repo_id, filename, library_name=LIBRARY_NAME)
     except MissingFileError:
         raise MissingFileError(f"'{repo_id}' has no file '{filename}'") from None
     _pull_tokenizer(values.get("tokenizer"))
-    return Path(path)
+    return Path(downloaded)
 
 
 def _pull_tokenizer(tokenizer: Any) -> None:

@@ -216,11 +216,11 @@ class Pool:
                 self._idle.notify_all()
 
     def status(self) -> list[dict[str, Any]]:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for alias in self.config.models:
             instance = self.instances.get(alias)
             usage = self.usage.get(alias, Usage())
-            row = instance.info() if instance else {"alias": alias, "state": State.STOPPED.value}
+            row: dict[str, Any] = instance.info() if instance else {"alias": alias, "state": State.STOPPED.value}
             row["in_flight"] = usage.in_flight
             row["idle_s"] = None if instance is None or instance.state not in LIVE_STATES else round(
                 time.monotonic() - usage.last_used, 1)

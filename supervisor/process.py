@@ -189,9 +189,9 @@ class ServeProcess:
             if ident.alive():
                 live[ident.pid] = ident
         for proc in self._descendants() + self._session_members():
-            ident = ProcessIdentity.of(proc.pid)
-            if ident is not None and ident.alive():
-                live[ident.pid] = ident
+            found = ProcessIdentity.of(proc.pid)
+            if found is not None and found.alive():
+                live[found.pid] = found
         self._known |= set(live.values())
         return sorted(live.values())
 
@@ -305,8 +305,13 @@ class _PidWaiter:
             await asyncio.sleep(min(timeout, 0.02))
             return
         loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def exited() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self._fd, exited)
         try:
             await asyncio.wait_for(ready, timeout)
         except TimeoutError:

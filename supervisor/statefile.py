@@ -88,7 +88,7 @@ class StateStore:
             self._path(alias).unlink()
 
     def load_all(self) -> list[InstanceRecord]:
-        records = []
+        records: list[InstanceRecord] = []
         if not self.directory.is_dir():
             return records
         for path in sorted(self.directory.glob("*.json")):
