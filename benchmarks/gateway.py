@@ -70,21 +70,24 @@ async def measure(direct: str, gateway: str, requests: int, streams: int, daemon
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await latency(session, direct, gateway, 20, 1)  # warm-up, both paths
+        daemon = psutil.Process(daemon_pid)
         for concurrency in (1, 32):
+            cpu_before = sum(daemon.cpu_times()[:2])
             times = await latency(session, direct, gateway, requests, concurrency)
+            cpu_per_request = (sum(daemon.cpu_times()[:2]) - cpu_before) / len(times["gateway"])
             d50, g50 = median(times["direct"]) * 1e3, median(times["gateway"]) * 1e3
             d99, g99 = percentile(times["direct"], 0.99) * 1e3, percentile(times["gateway"], 0.99) * 1e3
             print(f"max_tokens=1, concurrency {concurrency:>2}, {requests} requests: "
                   f"direct p50 {d50:.2f} ms p99 {d99:.2f} ms | gateway p50 {g50:.2f} ms p99 {g99:.2f} ms | "
-                  f"added p50 {g50 - d50:+.2f} ms p99 {g99 - d99:+.2f} ms")
+                  f"added p50 {g50 - d50:+.2f} ms p99 {g99 - d99:+.2f} ms | "
+                  f"gateway CPU {cpu_per_request * 1e3:.2f} ms/request")
         rates = {"direct": [], "gateway": []}
-        for _ in range(3):  # alternate rounds so drift hits both
+        for _ in range(5):  # alternate rounds so drift hits both
             for which, base in (("direct", direct), ("gateway", gateway)):
                 rates[which].append(await throughput(session, base, streams, 200))
         ratio = median(rates["gateway"]) / median(rates["direct"])
         print(f"{streams} concurrent streams x 200 tokens: direct {median(rates['direct']):,.0f} tok/s, "
               f"gateway {median(rates['gateway']):,.0f} tok/s -> gateway/direct {ratio:.1%}")
-        daemon = psutil.Process(daemon_pid)
         before = sum(daemon.cpu_times()[:2])
         tokens = sum(await asyncio.gather(*(stream_tokens(session, gateway, 200) for _ in range(streams))))
         spent = sum(daemon.cpu_times()[:2]) - before

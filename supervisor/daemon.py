@@ -166,8 +166,4 @@ class Daemon:
 
 def run_daemon(config_path: Path | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        import uvloop  # a faster event loop: the gateway relays every streamed token
-    except ImportError:
-        return asyncio.run(Daemon(config_path).run())
-    return uvloop.run(Daemon(config_path).run())
+    return asyncio.run(Daemon(config_path).run())

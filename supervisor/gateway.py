@@ -28,6 +28,7 @@ from .pool import CapacityError, Pool
 
 Early = web.StreamResponse | None  # a response already started (SSE headers sent while loading)
 KEEPALIVE_INTERVAL_S = 2.0
+UPSTREAM_KEEPALIVE_S = 3.0
 RETRY_AFTER_S = 10
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
@@ -62,7 +63,9 @@ class Gateway:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=60)
+            # Idle upstream connections are dropped before vLLM's uvicorn drops them (5 s), so a
+            # request is never sent down a connection the server is closing.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         return self._session
@@ -214,7 +217,7 @@ class Gateway:
         headers = {name: request.headers[name] for name in _FORWARDED_REQUEST_HEADERS if name in request.headers}
         if instance.api_key:
             headers["Authorization"] = f"Bearer {instance.api_key}"
-        async with self._client().request(request.method, url, data=body or None, headers=headers) as upstream:
+        async with await self._send(request.method, url, body, headers) as upstream:
             self.metrics.latency.labels(instance.alias).observe(time.perf_counter() - started)
             if upstream.status >= 400:
                 self.metrics.errors.labels(instance.alias, str(upstream.status)).inc()
@@ -229,6 +232,18 @@ class Gateway:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+
+    async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Send upstream; once more on a fresh connection if a pooled one was closed under us.
+
+        A disconnect before any response byte means vLLM never took the request, so sending
+        it again cannot run a generation twice.
+        """
+        try:
+            return await self._client().request(method, url, data=body or None, headers=headers)
+        except aiohttp.ServerDisconnectedError:
+            return await self._client().request(method, url, data=body or None, headers=headers)
 
 
 def _requested_model(request: web.Request, body: bytes) -> tuple[str, dict[str, Any] | None, str | None]:
