@@ -274,16 +274,23 @@ class Instance:
         """
         self._shutdown_coming = True
 
-    async def stop(self) -> StopResult:
-        """Stop the whole tree and prove it is gone (and its VRAM back, on a GPU)."""
+    async def stop(self, reason: str = "stop requested") -> StopResult:
+        """Stop the whole tree and prove it is gone (and its VRAM back, on a GPU).
+
+        Shielded: a caller that gives up (a client that disconnects, a timeout) does not
+        leave a tree half killed; the stop runs to its end regardless.
+        """
         self._shutdown_coming = True
+        return await asyncio.shield(self._stop(reason))
+
+    async def _stop(self, reason: str) -> StopResult:
         async with self._lifecycle:
             if self._process is None and self._state in (State.STOPPED, State.FAILED):
                 if self._state is State.FAILED:
-                    self._enter(State.STOPPING, "stop requested")
+                    self._enter(State.STOPPING, reason)
                     self._enter(State.STOPPED, "stopped (nothing was running)")
                 return StopResult(self.alias, 0.0, was_running=False)
-            self._enter(State.STOPPING, "stop requested")
+            self._enter(State.STOPPING, reason)
             self.ready_since = None
             await self._cancel_supervisor()
             result = await self._end_process()

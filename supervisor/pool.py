@@ -183,11 +183,15 @@ class Pool:
 
     # -- stopping -------------------------------------------------------------------------
     async def down(self, alias: str, *, reason: str = "stop requested") -> StopResult:
+        """Stop alias and release its port and record; runs to its end even if the caller is cancelled."""
         self.config.entry(alias)  # unknown alias -> clear error
+        return await asyncio.shield(self._down(alias, reason))
+
+    async def _down(self, alias: str, reason: str) -> StopResult:
         instance = self.instances.get(alias)
         if instance is None:
             return StopResult(alias, 0.0, was_running=False)
-        result = await instance.stop()
+        result = await instance.stop(reason)
         self._release(instance)
         for listener in self.stop_listeners:
             listener(result)

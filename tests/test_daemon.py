@@ -266,3 +266,15 @@ def test_streaming_client_gets_sse_comments_while_the_model_loads(tmp_path):
         assert lines[0].startswith(": loading slow ("), lines
         assert lines[-1] == "data: [DONE]"
         assert sum(line.startswith("data: {") for line in lines) == 5
+
+
+def test_events_say_why_a_model_stopped(tmp_path):
+    config = config_for(tmp_path, {"a": standin_entry(), "b": standin_entry(idle_ttl_s=0.5)}, max_cpu_instances=1)
+    with RunningDaemon(config) as daemon:
+        daemon.client.up("a")
+        daemon.client.up("b")  # evicts a, the least recently used idle model
+        assert wait_until(lambda: daemon.client.status()["models"][1]["state"] == "stopped", 10)
+        a_events = [e["message"] for e in daemon.client.events("a")["events"] if e["state"] == "stopping"]
+        b_events = [e["message"] for e in daemon.client.events("b")["events"] if e["state"] == "stopping"]
+        assert a_events == ["evicted (least recently used) for b"]
+        assert b_events == ["idle TTL"]

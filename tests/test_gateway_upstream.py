@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from helpers import run
-
 from bawt_vllm.supervisor.gateway import Gateway
+from helpers import run
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 

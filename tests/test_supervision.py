@@ -337,3 +337,22 @@ def test_a_stop_under_way_prevents_restarts(tmp_path):
     instance = run(scenario())
     assert [e.stage for e in instance.events].count("launched") == 1, "no new vllm serve was started"
     assert instance.state is State.STOPPED
+
+
+def test_a_cancelled_caller_does_not_leave_a_half_stopped_tree(tmp_path):
+    pool = make_pool(tmp_path, {"m": standin_entry("ignore_sigterm")}, stop_grace_s=0.5)
+
+    async def scenario():
+        instance = await pool.up("m", timeout=20)
+        pid = instance.pid
+        stopping = asyncio.ensure_future(pool.down("m"))
+        await asyncio.sleep(0)  # let the stop begin, then give up on it like a disconnecting client
+        stopping.cancel()
+        while instance.state is not State.STOPPED:
+            await asyncio.wait_for(instance.wait_change(), 10)
+        again = await pool.up("m", timeout=20)
+        await pool.close()
+        return pid, again is not instance
+
+    pid, replaced = run(scenario())
+    assert alive([pid]) == [] and replaced
