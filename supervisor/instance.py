@@ -211,7 +211,7 @@ class Instance:
             "uptime_s": None if self.ready_since is None else round(now - self.ready_since, 1),
             "restarts": self.restarts, "log": None if self.log_path is None else str(self.log_path),
             "last_error": None if self.last_error is None else self.last_error.reason,
-            "vram_bytes": None if self._vram_running is None or self._vram_before is None
+            "vram_bytes": None if self._process is None or self._vram_running is None or self._vram_before is None
             else max(0, self._vram_running - self._vram_before),
         }
 

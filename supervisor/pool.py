@@ -265,6 +265,9 @@ class Pool:
     def _on_event(self, instance: Instance, event: Event) -> None:
         for listener in self.listeners:
             listener(instance, event)
+        if event.state is State.READY and event.stage is None:
+            usage = self.usage.setdefault(instance.alias, Usage())
+            usage.last_used = max(usage.last_used, time.monotonic())  # idle time counts from ready, not load
         process = instance.process
         if process is None or event.state not in LIVE_STATES:
             return

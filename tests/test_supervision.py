@@ -356,3 +356,16 @@ def test_a_cancelled_caller_does_not_leave_a_half_stopped_tree(tmp_path):
 
     pid, replaced = run(scenario())
     assert alive([pid]) == [] and replaced
+
+
+def test_idle_time_counts_from_ready_not_from_the_load(tmp_path):
+    pool = make_pool(tmp_path, {"m": standin_entry(env={"FAKE_VLLM_LOAD_S": "1.0"})})
+
+    async def scenario():
+        await pool.up("m", timeout=20)
+        row = pool.status()[0]
+        await pool.close()
+        return row
+
+    row = run(scenario())
+    assert row["idle_s"] < 0.5, "a slow load must not count as idle time (nor eat the idle TTL)"
