@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import yaml
 from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.foreground import describe_stop, openai_entry_yaml
+from bawt_vllm.supervisor.entries import openai_entry_text
 from bawt_vllm.supervisor.pool import Pool
 from openai import AsyncOpenAI
 
@@ -65,10 +65,10 @@ async def demo(config_path: Path) -> int:
         await client.close()
         print(f"\nuser: {question}\ntiny: {reply.choices[0].message.content}")
         print("\nllm-bawt entry for it (what `bawt-vllm up` prints):")
-        print(openai_entry_yaml("tiny", instance.endpoint, tool_support="native"))
+        print(openai_entry_text("tiny", instance.entry, instance.endpoint))
     finally:
         result = await pool.down("tiny")
-        print(f"\nstop: {describe_stop(result)}")
+        print(f"\nstop: {result.summary()}")
     left = [m.pid for m in members if psutil.pid_exists(m.pid)
             and psutil.Process(m.pid).status() != psutil.STATUS_ZOMBIE]
     print(f"processes of the tree still alive: {left or 'none'}")

@@ -122,8 +122,7 @@ def down(
         typer.echo("nothing was running")
     for result in results:
         if result["was_running"]:
-            verdict = "gone" if result["clean"] else "NOT CLEAN"
-            typer.echo(f"{result['alias']}: {verdict} in {result['took_s']:.2f}s ({result['proof']})")
+            typer.echo(result["summary"])
     if not all(r["clean"] for r in results if r["was_running"]):
         raise typer.Exit(1)
 

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import UnknownModelError
-from .foreground import openai_entry_yaml
+from .entries import openai_entry_text
 from .gpus import describe
 from .instance import Event, Instance, StartFailed, State
 from .pool import CapacityError, Pool
@@ -94,8 +94,7 @@ class ControlApi:
         if error is not None:
             return {"done": True, "ok": False, "error": f"{error.__class__.__name__}: {error}"}
         entry = self.pool.config.models[alias]
-        gateway_entry = openai_entry_yaml(alias, f"{self.gateway_url}/v1", tool_support=entry.effective_tool_format,
-                                          context_window=entry.context_window, max_tokens=entry.max_tokens)
+        gateway_entry = openai_entry_text(alias, entry, f"{self.gateway_url}/v1")
         return {"done": True, "ok": True, "model": loading.result().info(), "gateway": f"{self.gateway_url}/v1",
                 "llm_bawt_entry": gateway_entry}
 

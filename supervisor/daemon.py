@@ -22,7 +22,6 @@ from aiohttp import web
 
 from .config import Config, ConfigError, load_config
 from .control import ControlApi
-from .foreground import describe_recovery, describe_stop
 from .gateway import Gateway
 from .metrics import Metrics
 from .notify import notify_ready, notify_status, notify_stopping
@@ -61,7 +60,7 @@ class Daemon:
         self.pool.stop_listeners.append(lambda r: self.metrics.observe_stop(
             r.alias, r.took_s, r.vram.freed_bytes if r.vram else None) if r.was_running else None)
         try:
-            for line in describe_recovery(await self.pool.recover(adopt=True)):
+            for line in (await self.pool.recover(adopt=True)).lines():
                 log.info(line)
             await self._serve(config)
             self.pool.start_ttl_reaper()
@@ -153,7 +152,7 @@ class Daemon:
         if hasattr(self, "pool"):
             for result in await self.pool.close():
                 if result.was_running:
-                    log.info(describe_stop(result))
+                    log.info(result.summary())
         for runner in reversed(self._runners):
             await runner.cleanup()
         if hasattr(self, "pool"):

@@ -76,6 +76,14 @@ def openai_entry(entry: ModelEntry, base_url: str) -> dict[str, Any]:
     return result
 
 
+def openai_entry_text(alias: str, entry: ModelEntry, base_url: str) -> str:
+    """The entry as YAML to paste into llm-bawt's models.yaml (what `up` prints)."""
+    import yaml
+
+    fields = {k: v for k, v in openai_entry(entry, base_url).items() if k != MANAGED_KEY}
+    return yaml.safe_dump({alias: fields}, sort_keys=False).rstrip()
+
+
 def openai_entries(config: Config, *, suffix: str = "") -> dict[str, dict[str, Any]]:
     """alias + suffix -> llm-bawt entry, for every model bawt-vllm supervises."""
     base_url = gateway_base_url(config.settings)

@@ -11,40 +11,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .config import Config
-from .instance import Event, Instance, StartFailed, State, StopResult
-from .pool import Pool, RecoveryReport
+from .entries import openai_entry_text
+from .instance import Event, Instance, StartFailed, State
+from .pool import Pool
 from .process import become_subreaper
 from .signals import SignalHub
 from .statefile import StateDirLock
 
 Say = Callable[[str], None]
-
-
-def openai_entry_yaml(alias: str, base_url: str, *, tool_support: str | None = None,
-                      context_window: int | None = None, max_tokens: int | None = None) -> str:
-    """The llm-bawt `type: openai` entry that reaches a supervised model."""
-    lines = [f"{alias}:", "  type: openai", f"  model_id: {alias}", f"  base_url: {base_url}"]
-    if tool_support:
-        lines.append(f"  tool_support: {tool_support}")
-    if context_window:
-        lines.append(f"  context_window: {context_window}")
-    if max_tokens:
-        lines.append(f"  max_tokens: {max_tokens}")
-    return "\n".join(lines)
-
-
-def describe_recovery(report: RecoveryReport) -> list[str]:
-    lines = [f"adopted {alias}, left running by a previous supervisor" for alias in report.adopted]
-    for stop in report.stopped:
-        lines.append(f"stopped {stop.alias}, left behind by a previous supervisor: {stop.proof()}")
-    return lines
-
-
-def describe_stop(result: StopResult) -> str:
-    if not result.was_running:
-        return f"{result.alias}: was not running"
-    verdict = "gone" if result.clean else "NOT CLEAN"
-    return f"{result.alias}: {verdict} in {result.took_s:.2f}s ({result.proof()})"
 
 
 async def run_foreground(config: Config, alias: str, say: Say, *, pool: Pool | None = None) -> int:
@@ -56,13 +30,13 @@ async def run_foreground(config: Config, alias: str, say: Say, *, pool: Pool | N
     hub.install()
     pool = pool or Pool(config)
     try:
-        for line in describe_recovery(await pool.recover(adopt=False)):
+        for line in (await pool.recover(adopt=False)).lines():
             say(line)
         return await _serve_until_signal(pool, alias, hub, say)
     finally:
         for result in await pool.close():
             if result.was_running:
-                say(describe_stop(result))
+                say(result.summary())
         hub.uninstall()
         lock.release()
 
@@ -80,8 +54,7 @@ async def _serve_until_signal(pool: Pool, alias: str, hub: SignalHub, say: Say) 
         return 1
     entry = instance.entry
     say(f"{alias} is ready at {instance.endpoint}")
-    say("llm-bawt entry:\n" + openai_entry_yaml(alias, instance.endpoint, tool_support=entry.effective_tool_format,
-                                                context_window=entry.context_window, max_tokens=entry.max_tokens))
+    say("llm-bawt entry:\n" + openai_entry_text(alias, entry, instance.endpoint))
     say("Ctrl-C stops it.")
     while not hub.shutdown.is_set():
         if instance.state is State.FAILED:

@@ -124,11 +124,19 @@ class StopResult:
             parts.append(self.vram.detail)
         return "; ".join(parts)
 
+    def summary(self) -> str:
+        """One line for people: 'tiny: gone in 0.31s (...proof...)'."""
+        if not self.was_running:
+            return f"{self.alias}: was not running"
+        verdict = "gone" if self.clean else "NOT CLEAN"
+        return f"{self.alias}: {verdict} in {self.took_s:.2f}s ({self.proof()})"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "alias": self.alias, "took_s": round(self.took_s, 3), "was_running": self.was_running,
             "sigkilled": self.sigkilled, "survivors": self.survivors,
             "processes_checked": self.processes_checked, "clean": self.clean, "proof": self.proof(),
+            "summary": self.summary(),
             "vram_freed_bytes": None if self.vram is None else self.vram.freed_bytes,
             "vram_proven": None if self.vram is None else self.vram.proven,
         }

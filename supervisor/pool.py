@@ -50,6 +50,13 @@ class RecoveryReport:
     def clean(self) -> bool:
         return not self.adopted and not self.stopped
 
+    def lines(self) -> list[str]:
+        """What a previous supervisor left, and what became of it, for the log."""
+        lines = [f"adopted {alias}, left running by a previous supervisor" for alias in self.adopted]
+        lines += [f"stopped {stop.alias}, left behind by a previous supervisor: {stop.proof()}"
+                  for stop in self.stopped]
+        return lines
+
 
 def entry_fingerprint(entry: ModelEntry, config: Config) -> str:
     """Identifies what an entry would run, so a reload can tell changed entries apart."""
