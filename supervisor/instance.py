@@ -168,6 +168,7 @@ class Instance:
         self.api_key = api_key
         self.events: list[Event] = []
         self.restarts = 0
+        self.launched_pids: list[int] = []  # every `vllm serve` this instance started, in order
         self.last_error: StartFailed | None = None
         self.stage: str | None = None
         self.ready_since: float | None = None
@@ -390,6 +391,7 @@ class Instance:
         environment = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | command.env
         self._process = ServeProcess.spawn(command.argv, env=environment, log_path=self.log_path)
         self._follower = LogFollower(self.log_path)
+        self.launched_pids.append(self._process.pid)
         self.stage = "launched"
         self._note(f"launched pid {self._process.pid}, log {self.log_path}", stage="launched")
 

@@ -24,6 +24,14 @@ def make_pool(tmp_path: Path, models: dict, **settings) -> Pool:
     return Pool(load_config(path))
 
 
+async def until_failed(pool: Pool, alias: str):
+    """Start alias and follow it until it ends failed (after its restarts)."""
+    instance = await pool.up(alias, timeout=20)
+    while instance.state is not State.FAILED:
+        await asyncio.wait_for(instance.wait_change(), 20)
+    return instance
+
+
 async def _up_and_down(pool: Pool, alias: str):
     instance = await pool.up(alias, timeout=20)
     members = [m.pid for m in instance.process.refresh()]
@@ -106,13 +114,7 @@ def test_death_after_ready_restarts_with_backoff_then_fails(tmp_path):
     pool = make_pool(tmp_path, {"m": standin_entry("die_after_ready", env={"FAKE_VLLM_DIE_AFTER_S": "0.3"})},
                      max_restarts=2)
 
-    async def scenario():
-        instance = await pool.up("m", timeout=20)
-        while instance.state is not State.FAILED:
-            await asyncio.wait_for(instance.wait_change(), 20)
-        return instance
-
-    instance = run(scenario())
+    instance = run(until_failed(pool, "m"))
     assert instance.restarts == 2
     assert "gave up after 2 restart(s)" in instance.events[-1].message
     restarts = [e.message for e in instance.events if "restart " in e.message]
@@ -127,14 +129,8 @@ def test_unhealthy_after_ready_is_noticed_and_restarted(tmp_path):
     pool = make_pool(tmp_path, {"m": standin_entry("unhealthy_after_ready", env={"FAKE_VLLM_DIE_AFTER_S": "0.2"})},
                      max_restarts=1)
 
-    async def scenario():
-        instance = await pool.up("m", timeout=20)
-        first_pid = instance.pid
-        while instance.state is not State.FAILED:
-            await asyncio.wait_for(instance.wait_change(), 20)
-        return first_pid, instance
-
-    first_pid, instance = run(scenario())
+    instance = run(until_failed(pool, "m"))
+    first_pid = instance.launched_pids[0]
     states = [e.state for e in instance.events]
     assert State.UNHEALTHY in states
     assert "/health answered 503" in instance.last_error.reason
@@ -146,13 +142,7 @@ def test_hung_engine_is_caught_by_the_token_probe(tmp_path):
     pool = make_pool(tmp_path, {"m": standin_entry("hang_after_ready")}, liveness_probe=True,
                      probe_timeout_s=0.3, max_restarts=0)
 
-    async def scenario():
-        instance = await pool.up("m", timeout=20)
-        while instance.state is not State.FAILED:
-            await asyncio.wait_for(instance.wait_change(), 20)
-        return instance
-
-    instance = run(scenario())
+    instance = run(until_failed(pool, "m"))
     assert "1-token probe got no answer" in instance.last_error.reason
     run(pool.close())
 
