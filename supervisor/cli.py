@@ -86,7 +86,15 @@ def up(
     from .client import DaemonError
 
     try:
-        result = _up_with_progress(client, model)
+        try:
+            result = _up_with_progress(client, model)
+        except DaemonError as error:
+            if "unknown model" not in str(error):
+                raise
+            # models.yaml knows it but the running daemon read an older file: catch it up.
+            for change in client.reload():
+                typer.echo(f"daemon reloaded the config: {change}", err=True)
+            result = _up_with_progress(client, model)
     except DaemonError as error:
         raise _fail(str(error)) from None
     info = result["model"]
@@ -193,6 +201,21 @@ def logs(
         _print_log_file(loaded, model, start, lines)
     except DaemonError as error:
         raise _fail(str(error)) from None
+
+
+@app.command()
+def reload(config: ConfigOption = None) -> None:
+    """Make the daemon re-read models.yaml (like SIGHUP): changed or removed models are stopped."""
+    from .client import DaemonError
+
+    try:
+        changes = _fast_client(config).reload()
+    except DaemonError as error:
+        raise _fail(str(error)) from None
+    for change in changes or ["nothing changed for running models"]:
+        typer.echo(change)
+    if any(change.startswith("refused") for change in changes):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -278,3 +278,20 @@ def test_events_say_why_a_model_stopped(tmp_path):
         b_events = [e["message"] for e in daemon.client.events("b")["events"] if e["state"] == "stopping"]
         assert a_events == ["evicted (least recently used) for b"]
         assert b_events == ["idle TTL"]
+
+
+def test_up_of_a_model_added_after_the_daemon_started_reloads_it(tmp_path):
+    config = config_for(tmp_path, {"a": standin_entry()})
+    with RunningDaemon(config):
+        document = yaml.safe_load(config.read_text())
+        document["models"]["b"] = standin_entry()
+        config.write_text(yaml.safe_dump(document))
+        up = cli("up", "b", config=config)
+        assert up.returncode == 0, up.stderr
+        assert "daemon reloaded the config: b: added" in up.stderr and "b is ready" in up.stdout
+        document["models"]["b"] = {"type": "vllm", "tool_support": "none"}  # no model_id
+        config.write_text(yaml.safe_dump(document))
+        refused = cli("reload", config=config)
+        assert refused.returncode == 1 and refused.stdout.startswith("refused") and "model_id" in refused.stdout
+        rows = {row["alias"]: row["state"] for row in json.loads(cli("ps", "--json", config=config).stdout)}
+        assert rows == {"a": "stopped", "b": "ready"}, "a refused reload keeps the running config"
