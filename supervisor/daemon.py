@@ -63,6 +63,7 @@ class Daemon:
             for line in (await self.pool.recover(adopt=True)).lines():
                 log.info(line)
             await self._serve(config)
+            self._warn_if_exposed(config)
             self.pool.start_ttl_reaper()
             notify_ready(f"gateway {self.gateway_url}; {len(config.models)} model(s) configured")
             log.info("ready: gateway %s/v1, control %s", self.gateway_url, control_socket_path(config))
@@ -100,6 +101,13 @@ class Daemon:
         finally:
             os.umask(old_umask)
         os.chmod(socket_path, 0o600)
+
+    def _warn_if_exposed(self, config: Config) -> None:
+        settings = config.settings
+        key_env = settings.api_key_env
+        if settings.gateway_host not in ("127.0.0.1", "::1", "localhost") and not (key_env and os.environ.get(key_env)):
+            log.warning("the gateway listens on %s without an API key: anyone who can reach it can use every "
+                        "model; set $%s", settings.gateway_host, key_env or "BAWT_VLLM_API_KEY")
 
     def _preload(self, config: Config) -> None:
         for alias, entry in config.models.items():

@@ -295,3 +295,12 @@ def test_up_of_a_model_added_after_the_daemon_started_reloads_it(tmp_path):
         assert refused.returncode == 1 and refused.stdout.startswith("refused") and "model_id" in refused.stdout
         rows = {row["alias"]: row["state"] for row in json.loads(cli("ps", "--json", config=config).stdout)}
         assert rows == {"a": "stopped", "b": "ready"}, "a refused reload keeps the running config"
+
+
+def test_preload_starts_marked_models_with_the_daemon(tmp_path):
+    config = config_for(tmp_path, {"warm": standin_entry(preload=True), "cold": standin_entry()},
+                        gateway_host="0.0.0.0")
+    with RunningDaemon(config) as daemon:
+        assert wait_until(lambda: daemon.client.status()["models"][0]["state"] == "ready", 20)
+        assert daemon.client.status()["models"][1]["state"] == "stopped"
+    assert "listens on 0.0.0.0 without an API key" in daemon.output()
