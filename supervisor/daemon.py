@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import time
@@ -105,7 +106,7 @@ class Daemon:
     def _warn_if_exposed(self, config: Config) -> None:
         settings = config.settings
         key_env = settings.api_key_env
-        if settings.gateway_host not in ("127.0.0.1", "::1", "localhost") and not (key_env and os.environ.get(key_env)):
+        if not _is_loopback(settings.gateway_host) and not (key_env and os.environ.get(key_env)):
             log.warning("the gateway listens on %s without an API key: anyone who can reach it can use every "
                         "model; set $%s", settings.gateway_host, key_env or "BAWT_VLLM_API_KEY")
 
@@ -169,6 +170,15 @@ class Daemon:
         self.hub.uninstall()
         if self._lock is not None:
             self._lock.release()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run_daemon(config_path: Path | None) -> int:
