@@ -195,6 +195,9 @@ class Gateway:
             tail = "\nlast log lines:\n" + "\n".join(failure.log_tail) if failure.log_tail else ""
             message = failure.reason + tail
             return await self._fail(early, 502, message, "server_error", "model_load_failed")
+        except Exception as error:  # no port free, a GGUF download that failed, ...: still an OpenAI error
+            self.metrics.errors.labels(alias, "502").inc()
+            return await self._fail(early, 502, f"{alias}: {error}", "server_error", "model_load_failed")
         finally:
             if not loading.done():
                 loading.cancel()

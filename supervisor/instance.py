@@ -327,6 +327,18 @@ class Instance:
                 self._supervise(adopted=True), name=f"supervise {self.alias}")
 
     async def _supervise(self, adopted: bool = False) -> None:
+        try:
+            await self._supervise_lives(adopted)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug or an unforeseen OS error must not leave callers waiting forever
+            self.last_error = StartFailed(self.alias, f"supervision failed: {error.__class__.__name__}: {error}",
+                                          log_tail=self.log_tail(), log_path=self.log_path)
+            await self._end_process()
+            if self._state is not State.FAILED:
+                self._enter(State.FAILED, self.last_error.reason)
+
+    async def _supervise_lives(self, adopted: bool) -> None:
         first_start = not adopted
         launch = not adopted
         while True:
@@ -383,13 +395,21 @@ class Instance:
                                    model_source=self.model_source, api_key=self.api_key)
 
     async def _launch(self) -> None:
-        command = self.serve_command()
+        try:
+            command = self.serve_command()
+        except ValueError as error:
+            raise StartFailed(self.alias, f"cannot build the vllm serve command: {error}") from None
         self.log_path = self._next_log_path()
         self._vram_before = self._vram_reading()
         self._vram_running = None
         # NOTIFY_SOCKET is systemd's channel to the daemon; vLLM must not talk on it.
         environment = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | command.env
-        self._process = ServeProcess.spawn(command.argv, env=environment, log_path=self.log_path)
+        try:
+            self._process = ServeProcess.spawn(command.argv, env=environment, log_path=self.log_path)
+        except OSError as error:
+            raise StartFailed(self.alias, f"cannot run '{command.argv[0]}': {error.strerror or error} "
+                              "(bawt_vllm.vllm_executable names the vllm program; vLLM often lives in its own venv)",
+                              log_path=self.log_path) from None
         self._follower = LogFollower(self.log_path)
         self.launched_pids.append(self._process.pid)
         self.stage = "launched"

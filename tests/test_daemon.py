@@ -304,3 +304,17 @@ def test_preload_starts_marked_models_with_the_daemon(tmp_path):
         assert wait_until(lambda: daemon.client.status()["models"][0]["state"] == "ready", 20)
         assert daemon.client.status()["models"][1]["state"] == "stopped"
     assert "listens on 0.0.0.0 without an API key" in daemon.output()
+
+
+def test_a_model_that_cannot_be_placed_is_an_openai_error(tmp_path):
+    config = config_for(tmp_path, {"m": standin_entry(port=free_port())})
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", yaml.safe_load(config.read_text())["models"]["m"]["port"]))
+    taken.listen()
+    try:
+        with RunningDaemon(config) as daemon:
+            status, _, body = http("POST", daemon.gateway() + "/chat/completions", body={"model": "m", "messages": []})
+            assert status == 502 and body["error"]["code"] == "model_load_failed"
+            assert "already in use by another program" in body["error"]["message"]
+    finally:
+        taken.close()

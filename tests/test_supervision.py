@@ -359,3 +359,17 @@ def test_idle_time_counts_from_ready_not_from_the_load(tmp_path):
 
     row = run(scenario())
     assert row["idle_s"] < 0.5, "a slow load must not count as idle time (nor eat the idle TTL)"
+
+
+def test_a_missing_vllm_executable_fails_fast_with_the_setting_named(tmp_path):
+    pool = make_pool(tmp_path, {"m": standin_entry()}, vllm_executable=str(tmp_path / "no-such-vllm"))
+
+    async def scenario():
+        with pytest.raises(StartFailed) as failure:
+            await pool.up("m", timeout=10)
+        return failure.value, pool.instances["m"].state
+
+    failure, state = run(scenario())
+    assert "cannot run" in failure.reason and "No such file or directory" in failure.reason
+    assert "bawt_vllm.vllm_executable" in failure.reason
+    assert state is State.FAILED
