@@ -142,7 +142,7 @@ class Gateway:
             return openai_error(400, problem, type_="invalid_request_error", code="invalid_request")
         alias = self._resolve(model)
         if alias is None:
-            self.metrics.errors.labels(model[:64], "404").inc()
+            self.metrics.errors.labels("(unknown)", "404").inc()  # never a label per made-up name
             return self._unknown_model(model)
         self.metrics.requests.labels(alias, request.match_info["tail"]).inc()
         body = self._with_served_name(alias, model, payload, body)
