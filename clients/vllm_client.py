@@ -59,8 +59,9 @@ def is_vllm_available(config_path: Path | None = None) -> bool:
     if shutil.which(executable) or (os.path.isfile(executable) and os.access(executable, os.X_OK)):
         return True
     from bawt_vllm.supervisor.client import DaemonClient
+    from bawt_vllm.supervisor.locations import control_socket
 
-    return DaemonClient(Path(config.settings.state_dir) / "control.sock").ping()
+    return DaemonClient(control_socket(Path(config.settings.state_dir))).ping()
 
 
 class VLLMClient:
@@ -102,9 +103,9 @@ class VLLMClient:
     def _gateway_url(self) -> str:
         if self._supervisor is None:
             return "http://127.0.0.1:8400/v1"
-        settings = self._supervisor.settings
-        host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::") else settings.gateway_host
-        return f"http://{host}:{settings.gateway_port}/v1"
+        from bawt_vllm.supervisor.entries import gateway_base_url
+
+        return gateway_base_url(self._supervisor.settings)
 
     def _gateway_key(self) -> str | None:
         variable = self._supervisor.settings.api_key_env if self._supervisor is not None else "BAWT_VLLM_API_KEY"
@@ -155,7 +156,9 @@ class VLLMClient:
 
         if self._supervisor is None:
             raise VLLMClientError("no bawt-vllm config found: cannot reach the daemon to unload")
-        client = DaemonClient(Path(self._supervisor.settings.state_dir) / "control.sock")
+        from bawt_vllm.supervisor.locations import control_socket
+
+        client = DaemonClient(control_socket(Path(self._supervisor.settings.state_dir)))
         try:
             results = client.down(self.model)
         except DaemonNotRunning:

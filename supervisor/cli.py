@@ -365,12 +365,11 @@ def _known(loaded: Any, model: str) -> None:
 
 def _client(loaded: Any, *, autostart: bool = False) -> Any:
     """A client for this config's daemon; with autostart, start one if none answers."""
-    from pathlib import Path as _Path
-
     from .client import DaemonClient, DaemonError, start_daemon
+    from .locations import control_socket
 
-    state_dir = _Path(loaded.settings.state_dir)
-    client = DaemonClient(state_dir / "control.sock")
+    state_dir = Path(loaded.settings.state_dir)
+    client = DaemonClient(control_socket(state_dir))
     if autostart and not client.ping():
         typer.echo(f"no daemon running: starting one (log: {state_dir / 'daemon.log'})", err=True)
         try:
@@ -395,7 +394,7 @@ def _say_if_weights_missing(entry: Any) -> None:
 def _fast_client(config_path: Path | None) -> Any:
     """A client for the daemon, found without validating the whole config (keeps `ps` fast)."""
     from .client import DaemonClient
-    from .locations import ConfigError, find_config_path, quick_state_dir
+    from .locations import ConfigError, control_socket, find_config_path, quick_state_dir
 
     try:
         state_dir = quick_state_dir(find_config_path(config_path))
@@ -403,7 +402,7 @@ def _fast_client(config_path: Path | None) -> Any:
         raise _fail(str(error), 2) from None
     except Exception:  # unreadable or malformed: let the full loader explain what is wrong
         state_dir = Path(_load(config_path).settings.state_dir)
-    return DaemonClient(state_dir / "control.sock")
+    return DaemonClient(control_socket(state_dir))
 
 
 def _up_with_progress(client: Any, model: str) -> dict[str, Any]:
@@ -435,19 +434,14 @@ def _show_event(event: dict[str, Any]) -> None:
 
 
 def _print_log_file(loaded: Any, model: str, start: int | None, lines: int) -> None:
-    from pathlib import Path as _Path
-
+    from .locations import find_log, log_dir
     from .readiness import read_log_tail
 
-    log_dir = _Path(loaded.settings.state_dir) / "logs"
-    if start is not None:
-        path = log_dir / f"{model}.{start}.log"
-    else:
-        candidates = sorted(log_dir.glob(f"{model}.*.log"), key=lambda p: p.stat().st_mtime)
-        path = candidates[-1] if candidates else log_dir / f"{model}.1.log"
-    if not path.exists():
-        raise _fail(f"{model} has no log at {path}")
-    typer.echo("\n".join(read_log_tail(path, lines, max_bytes=max(65536, lines * 400))))
+    logs = log_dir(Path(loaded.settings.state_dir))
+    path = find_log(logs, model, start)
+    if path is None:
+        raise _fail(f"{model} has no log in {logs}" + ("" if start is None else f" for start {start}"))
+    typer.echo("\n".join(read_log_tail(path, lines)))
 
 
 def _indent(text: str) -> str:

@@ -21,6 +21,7 @@ from .config import UnknownModelError
 from .entries import openai_entry_text
 from .gpus import describe
 from .instance import Event, Instance, StartFailed, State
+from .locations import find_log
 from .pool import CapacityError, Pool
 from .readiness import read_log_tail
 
@@ -116,7 +117,7 @@ class ControlApi:
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "X-Log-Path": str(path)})
         await response.prepare(request)
-        tail = read_log_tail(path, lines, max_bytes=max(64 * 1024, lines * 400))
+        tail = read_log_tail(path, lines)
         await response.write(("\n".join(tail) + ("\n" if tail else "")).encode())
         if request.query.get("follow") in ("1", "true"):
             await self._follow(response, path)
@@ -124,14 +125,10 @@ class ControlApi:
         return response
 
     def _log_path(self, alias: str, start: str | None) -> Path | None:
-        if start is not None:
-            path = self.pool.log_dir / f"{alias}.{int(start)}.log"
-            return path if path.exists() else None
         instance = self.pool.instances.get(alias)
-        if instance is not None and instance.log_path is not None:
+        if start is None and instance is not None and instance.log_path is not None:
             return instance.log_path
-        logs = sorted(self.pool.log_dir.glob(f"{alias}.*.log"), key=lambda p: p.stat().st_mtime)
-        return logs[-1] if logs else None
+        return find_log(self.pool.log_dir, alias, None if start is None else int(start))
 
     async def _follow(self, response: web.StreamResponse, path: Path) -> None:
         offset = path.stat().st_size

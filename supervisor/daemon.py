@@ -23,7 +23,9 @@ from aiohttp import web
 
 from .config import Config, ConfigError, load_config
 from .control import ControlApi
+from .entries import gateway_base_url
 from .gateway import Gateway
+from .locations import control_socket
 from .metrics import Metrics
 from .notify import notify_ready, notify_status, notify_stopping
 from .pool import Pool, entry_fingerprint
@@ -35,7 +37,7 @@ log = logging.getLogger("bawt_vllm.daemon")
 
 
 def control_socket_path(config: Config) -> Path:
-    return Path(config.settings.state_dir) / "control.sock"
+    return control_socket(Path(config.settings.state_dir))
 
 
 class Daemon:
@@ -43,6 +45,7 @@ class Daemon:
         self.config_path = config_path
         self.hub = SignalHub()
         self.shutting_down = False
+        self.gateway_url = ""
         self._runners: list[web.AppRunner] = []
         self._lock: StateDirLock | None = None
         self._tasks: set[asyncio.Task[object]] = set()
@@ -74,12 +77,6 @@ class Daemon:
         finally:
             await self._shutdown()
 
-    @property
-    def gateway_url(self) -> str:
-        settings = self.pool.config.settings
-        host = settings.gateway_host if settings.gateway_host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"http://{host}:{self.gateway_port}"
-
     async def _serve(self, config: Config) -> None:
         gateway = Gateway(self.pool, self.metrics, shutting_down=lambda: self.shutting_down)
         gateway_runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
@@ -88,7 +85,8 @@ class Daemon:
         site = web.TCPSite(gateway_runner, config.settings.gateway_host, config.settings.gateway_port,
                            reuse_address=True)
         await site.start()
-        self.gateway_port = config.settings.gateway_port
+        # Where the gateway was bound; a reload does not move it.
+        self.gateway_url = gateway_base_url(config.settings).removesuffix("/v1")
         socket_path = control_socket_path(config)
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # a stale socket of a dead daemon (the lock proves none runs)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LLM_BAWT_CONFIG_ENV_VAR, Config, ModelEntry, Settings
+from .ports import url_host
 from .toolformat import EXPLICIT_TOOL_SUPPORT, PROVIDER_OPENAI, runs_on_vllm
 from .yamlfile import (
     MODELS_KEY,
@@ -46,7 +47,6 @@ from .yamlfile import (
 MANAGED_KEY = "managed_by"
 MANAGED_VALUE = "bawt-vllm"
 NEW_FILE_TEXT = f"{MODELS_KEY}:\n"
-_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 # --------------------------------------------------------------------------- entries
@@ -54,10 +54,7 @@ _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 def gateway_base_url(settings: Settings) -> str:
     """The gateway's OpenAI base URL as a client on this machine reaches it."""
-    host = _WILDCARD_HOSTS.get(settings.gateway_host, settings.gateway_host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal
-    return f"http://{host}:{settings.gateway_port}/v1"
+    return f"http://{url_host(settings.gateway_host)}:{settings.gateway_port}/v1"
 
 
 def openai_entry(entry: ModelEntry, base_url: str) -> dict[str, Any]:

@@ -158,61 +158,53 @@ class Gateway:
     async def _route(self, request: web.Request, alias: str, body: bytes, *, streaming: bool) -> web.StreamResponse:
         started = time.perf_counter()
         instance = self.pool.instances.get(alias)
-        early: web.StreamResponse | None = None
+        early: Early = None
         if instance is None or instance.state is not State.READY:
-            early, failure = await self._load(request, alias, streaming)
+            # A streaming client gets its SSE headers now and comments while the model loads.
+            early = await _start_sse(request) if streaming else None
+            failure = await self._load(alias, early)
             if failure is not None:
                 return failure
             instance = self.pool.instances[alias]
         try:
             return await self._forward(request, instance, body, early, started)
         except (aiohttp.ClientConnectionError, TimeoutError) as error:
-            self.metrics.errors.labels(alias, "502").inc()
             message = f"{alias}: upstream vllm serve failed: {error.__class__.__name__}: {error}"
-            if early is not None:
-                await _sse_error(early, message)
-                return early
-            return openai_error(502, message, type_="server_error", code="upstream_error")
+            return await self._fail(alias, early, 502, message, "upstream_error")
 
-    async def _load(self, request: web.Request, alias: str, streaming: bool) -> tuple[Early, Early]:
-        """Start (or join the start of) alias. A streaming client gets SSE comments meanwhile."""
-        early = None
+    async def _load(self, alias: str, early: Early) -> web.StreamResponse | None:
+        """Start (or join the start of) alias; the error response if it cannot be loaded."""
         loading = asyncio.ensure_future(self.pool.up(alias))
         try:
-            if streaming:
-                early = await _start_sse(request)
-                while not loading.done():
-                    await asyncio.wait({loading}, timeout=KEEPALIVE_INTERVAL_S)
-                    if not loading.done():
-                        await early.write(f": loading {alias} ({self._stage(alias)})\n\n".encode())
+            while early is not None and not loading.done():
+                await asyncio.wait({loading}, timeout=KEEPALIVE_INTERVAL_S)
+                if not loading.done():
+                    await early.write(f": loading {alias} ({self._stage(alias)})\n\n".encode())
             await loading
         except CapacityError as busy:
-            self.metrics.errors.labels(alias, "503").inc()
-            return await self._fail(early, 503, str(busy), "server_error", "no_capacity",
-                                    {"Retry-After": str(RETRY_AFTER_S)})
+            return await self._fail(alias, early, 503, str(busy), "no_capacity", {"Retry-After": str(RETRY_AFTER_S)})
         except StartFailed as failure:
-            self.metrics.errors.labels(alias, "502").inc()
             tail = "\nlast log lines:\n" + "\n".join(failure.log_tail) if failure.log_tail else ""
-            message = failure.reason + tail
-            return await self._fail(early, 502, message, "server_error", "model_load_failed")
+            return await self._fail(alias, early, 502, failure.reason + tail, "model_load_failed")
         except Exception as error:  # no port free, a GGUF download that failed, ...: still an OpenAI error
-            self.metrics.errors.labels(alias, "502").inc()
-            return await self._fail(early, 502, f"{alias}: {error}", "server_error", "model_load_failed")
+            return await self._fail(alias, early, 502, f"{alias}: {error}", "model_load_failed")
         finally:
             if not loading.done():
                 loading.cancel()
-        return early, None
+        return None
 
     def _stage(self, alias: str) -> str:
         instance = self.pool.instances.get(alias)
         return (instance.stage or instance.state.value) if instance else "placing"
 
-    async def _fail(self, early: web.StreamResponse | None, status: int, message: str, type_: str, code: str,
-                    headers: dict[str, str] | None = None) -> tuple[Early, Early]:
+    async def _fail(self, alias: str, early: Early, status: int, message: str, code: str,
+                    headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """An OpenAI-shaped error: a JSON response, or an SSE error event if SSE has begun."""
+        self.metrics.errors.labels(alias, str(status)).inc()
         if early is not None:
-            await _sse_error(early, message, type_=type_, code=code)
-            return early, early
-        return None, openai_error(status, message, type_=type_, code=code, headers=headers)
+            await _sse_error(early, message, code=code)
+            return early
+        return openai_error(status, message, type_="server_error", code=code, headers=headers)
 
     async def _forward(self, request: web.Request, instance: Instance, body: bytes,
                        early: web.StreamResponse | None, started: float) -> web.StreamResponse:
@@ -281,9 +273,8 @@ async def _start_sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _sse_error(response: web.StreamResponse, message: str, *, type_: str = "server_error",
-                     code: str = "upstream_error") -> None:
-    error = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+async def _sse_error(response: web.StreamResponse, message: str, *, code: str = "upstream_error") -> None:
+    error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
     with contextlib.suppress(ConnectionError):
         await response.write(f"data: {json.dumps(error)}\n\n".encode())
         await response.write_eof()

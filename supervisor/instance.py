@@ -22,6 +22,7 @@ from typing import Any
 from .command import ServeCommand, build_serve_command
 from .config import ModelEntry, Settings
 from .gpus import GpuInventory, NoGpuInventory, VramRelease, used_bytes, wait_vram_released
+from .ports import url_host
 from .process import KillReport, ProcessIdentity, ServeProcess
 from .readiness import STAGE_ORDER, HealthProbe, LogFollower, classify_line, read_log_tail
 
@@ -181,7 +182,6 @@ class Instance:
         self._lifecycle = asyncio.Lock()
         self._vram_before: int | None = None
         self._vram_running: int | None = None
-        self._follower: LogFollower | None = None
         self._shutdown_coming = False
 
     # -- read side --------------------------------------------------------------------
@@ -195,7 +195,7 @@ class Instance:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{_url_host(self.settings.host)}:{self.placement.port}/v1"
+        return f"http://{url_host(self.settings.host)}:{self.placement.port}/v1"
 
     @property
     def pid(self) -> int | None:
@@ -270,10 +270,6 @@ class Instance:
         if self.last_error is not None:
             raise self.last_error
         raise StartFailed(self.alias, f"is {self._state.value}, not ready")
-
-    async def ensure_ready(self, timeout: float | None = None) -> None:
-        await self.start()
-        await self.wait_ready(timeout)
 
     def expect_shutdown(self) -> None:
         """A stop is coming: a process that dies from now on is not restarted.
@@ -410,7 +406,6 @@ class Instance:
             raise StartFailed(self.alias, f"cannot run '{command.argv[0]}': {error.strerror or error} "
                               "(bawt_vllm.vllm_executable names the vllm program; vLLM often lives in its own venv)",
                               log_path=self.log_path) from None
-        self._follower = LogFollower(self.log_path)
         self.launched_pids.append(self._process.pid)
         self.stage = "launched"
         self._note(f"launched pid {self._process.pid}, log {self.log_path}", stage="launched")
@@ -423,15 +418,14 @@ class Instance:
 
     async def _wait_loaded(self) -> None:
         """Follow the load until ready; raise StartFailed on exit, stall or total timeout."""
-        assert self._process is not None and self._follower is not None
-        process, follower = self._process, self._follower
+        assert self._process is not None and self.log_path is not None
+        process, follower = self._process, LogFollower(self.log_path)
         probe = HealthProbe(self.endpoint.removesuffix("/v1"), self.entry.served_name, self.api_key)
         started = time.monotonic()
         next_http_check = started
         try:
             while True:
-                progress = follower.read()
-                announced_ready = self._follow_stages(progress.lines)
+                announced_ready = self._follow_stages(follower.read())
                 now = time.monotonic()
                 if announced_ready or now >= next_http_check:
                     next_http_check = now + 0.5
@@ -453,6 +447,7 @@ class Instance:
                                       log_tail=follower.tail(), log_path=self.log_path)
                 await process.wait_exit(timeout=0.02)
         finally:
+            follower.close()
             await probe.close()
 
     def _follow_stages(self, lines: list[str]) -> bool:
@@ -528,10 +523,3 @@ class Instance:
             timeout_s=self.settings.vram_release_timeout_s,
         )
 
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host

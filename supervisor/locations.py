@@ -130,3 +130,22 @@ def quick_state_dir(config_path: Path) -> Path:
     section = document.get(GLOBAL_SECTION) if isinstance(document, dict) else None
     value = section.get("state_dir") if isinstance(section, dict) else None
     return Path(str(value)).expanduser() if value else default_state_dir()
+
+
+def control_socket(state_dir: Path) -> Path:
+    """The daemon's control socket in a state directory."""
+    return state_dir / "control.sock"
+
+
+def log_dir(state_dir: Path) -> Path:
+    """Where each start of each model writes its log, as <alias>.<N>.log."""
+    return state_dir / "logs"
+
+
+def find_log(logs: Path, alias: str, start: int | None = None) -> Path | None:
+    """The log of alias's start number `start`, else of its latest start; None if there is none."""
+    if start is not None:
+        path = logs / f"{alias}.{start}.log"
+        return path if path.exists() else None
+    candidates = sorted(logs.glob(f"{alias}.*.log"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None

@@ -23,7 +23,8 @@ from .command import build_serve_command
 from .config import Config, ModelEntry
 from .gpus import GpuInventory, GpuUnavailableError, choose_gpus, detect_inventory
 from .instance import LIVE_STATES, Event, Instance, Placement, State, StopResult
-from .ports import PortAllocator
+from .locations import log_dir as logs_in
+from .ports import PortAllocator, url_host
 from .process import ServeProcess
 from .readiness import HealthProbe
 from .statefile import InstanceRecord, StateStore
@@ -68,8 +69,7 @@ def entry_fingerprint(entry: ModelEntry, config: Config) -> str:
 
 
 class Pool:
-    def __init__(self, config: Config, *, inventory: GpuInventory | None = None,
-                 model_sources: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Config, *, inventory: GpuInventory | None = None) -> None:
         self.config = config
         self.inventory = inventory or detect_inventory()
         self.store = StateStore(self.state_dir)
@@ -77,7 +77,7 @@ class Pool:
         self.ports = PortAllocator(settings.host, settings.port_range[0], settings.port_range[1])
         self.instances: dict[str, Instance] = {}
         self.usage: dict[str, Usage] = {}
-        self.model_sources = model_sources or {}
+        self._gguf_paths: dict[tuple[str, str], str] = {}  # (repo_id, filename) -> the local .gguf
         self._placing = asyncio.Lock()
         self._idle = asyncio.Condition()
         self.listeners: list[Callable[[Instance, Event], None]] = []
@@ -90,7 +90,7 @@ class Pool:
 
     @property
     def log_dir(self) -> Path:
-        return self.state_dir / "logs"
+        return logs_in(self.state_dir)
 
     # -- placing and starting -----------------------------------------------------------
     async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Instance:
@@ -128,15 +128,14 @@ class Pool:
 
     async def _model_source(self, entry: ModelEntry) -> str | None:
         """A gguf entry names a Hub file: vLLM needs its local path (downloaded if missing)."""
-        if entry.alias in self.model_sources:
-            return self.model_sources[entry.alias]
         if entry.kind != "gguf" or entry.path:
             return None
-        from .hub import pull
+        key = (entry.repo_id or "", entry.filename or "")
+        if key not in self._gguf_paths:
+            from .hub import pull
 
-        path = await asyncio.to_thread(pull, entry, progress=False)
-        self.model_sources[entry.alias] = str(path)
-        return str(path)
+            self._gguf_paths[key] = str(await asyncio.to_thread(pull, entry, progress=False))
+        return self._gguf_paths[key]
 
     async def _gpus_for(self, entry: ModelEntry) -> list[int]:
         """GPUs for entry; evicts the least recently used idle instance when none is free,
@@ -315,7 +314,7 @@ class Pool:
         entry = self.config.models.get(record.alias)
         if entry is None or entry_fingerprint(entry, self.config) != record.config_fingerprint:
             return False
-        base = f"http://{self.config.settings.host}:{record.port}"
+        base = f"http://{url_host(self.config.settings.host)}:{record.port}"
         probe = HealthProbe(base, record.served_name)
         try:
             return await probe.ready()

@@ -6,7 +6,6 @@ port; a port is also probed (connect and bind) so one taken by another program i
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 
@@ -15,11 +14,24 @@ class NoFreePortError(RuntimeError):
     pass
 
 
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def connect_host(bind_host: str) -> str:
+    """The address a client on this machine uses to reach a server bound to bind_host."""
+    return _WILDCARD_TO_LOOPBACK.get(bind_host, bind_host)
+
+
+def url_host(bind_host: str) -> str:
+    """connect_host, written for a URL (IPv6 literals in brackets)."""
+    host = connect_host(bind_host)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def port_answers(host: str, port: int, timeout_s: float = 0.2) -> bool:
     """Whether something accepts TCP connections on host:port."""
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     try:
-        with socket.create_connection((target, port), timeout=timeout_s):
+        with socket.create_connection((connect_host(host), port), timeout=timeout_s):
             return True
     except OSError:
         return False
@@ -82,9 +94,3 @@ class PortAllocator:
     def _free(self, port: int) -> bool:
         return not port_answers(self.host, port) and port_bindable(self.host, port)
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Any free port the kernel picks (tests and the gateway's port 0)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

@@ -85,7 +85,6 @@ class KillReport:
     """What ending a tree took."""
 
     took_s: float
-    terminated: list[int] = field(default_factory=list)
     sigkilled: list[int] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
     checked: int = 0
@@ -156,10 +155,6 @@ class ServeProcess:
     @property
     def pid(self) -> int:
         return self.root.pid
-
-    @property
-    def is_child(self) -> bool:
-        return self._popen is not None
 
     def exit_code(self) -> int | None:
         """The root's exit status once it has exited (reaped), else None.
@@ -238,8 +233,8 @@ class ServeProcess:
         Returns only when no member of the tree is alive (or reports the survivors).
         """
         started = time.monotonic()
-        members = self.refresh()
-        report = KillReport(took_s=0.0, terminated=[m.pid for m in members])
+        self.refresh()
+        report = KillReport(took_s=0.0)
         self._signal_group(signal.SIGTERM)
         _signal(self.root, signal.SIGTERM)  # in case the root left its group
         await self._wait_gone(grace_s)

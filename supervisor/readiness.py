@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 
@@ -42,14 +41,6 @@ def classify_line(line: str) -> str | None:
     return None
 
 
-@dataclass
-class LogProgress:
-    """New log output since the previous read."""
-
-    lines: list[str]
-    grew: bool
-
-
 class LogFollower:
     """Reads a growing log file incrementally and remembers its tail.
 
@@ -57,30 +48,34 @@ class LogFollower:
     file, which is what counts as progress.
     """
 
-    def __init__(self, path: Path, *, offset: int = 0, tail_lines: int = 40) -> None:
+    def __init__(self, path: Path, *, tail_lines: int = 40) -> None:
         self.path = path
-        self._offset = offset
+        self._handle: BinaryIO | None = None
         self._partial = b""
         self._tail: deque[str] = deque(maxlen=tail_lines)
         self.last_growth = time.monotonic()
 
-    def read(self) -> LogProgress:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return LogProgress([], False)
+    def read(self) -> list[str]:
+        """The complete lines written since the previous read."""
+        if self._handle is None:
+            try:
+                self._handle = open(self.path, "rb")  # noqa: SIM115 - kept open while following
+            except FileNotFoundError:
+                return []
+        chunk = self._handle.read()
         if not chunk:
-            return LogProgress([], False)
-        self._offset += len(chunk)
+            return []
         self.last_growth = time.monotonic()
-        data = self._partial + chunk
-        pieces = re.split(rb"\r\n|\n|\r", data)
+        pieces = re.split(rb"\r\n|\n|\r", self._partial + chunk)
         self._partial = pieces.pop()
         lines = [p.decode("utf-8", "replace") for p in pieces if p.strip()]
         self._tail.extend(lines)
-        return LogProgress(lines, True)
+        return lines
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last_growth
@@ -92,8 +87,9 @@ class LogFollower:
         return lines[-count:]
 
 
-def read_log_tail(path: Path, count: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last `count` lines of a log file (reading at most its last max_bytes)."""
+def read_log_tail(path: Path, count: int = 20) -> list[str]:
+    """The last `count` lines of a log file (reading only the end of it)."""
+    max_bytes = max(64 * 1024, count * 400)
     try:
         with open(path, "rb") as handle:
             handle.seek(0, 2)
@@ -104,13 +100,6 @@ def read_log_tail(path: Path, count: int = 20, max_bytes: int = 64 * 1024) -> li
         return []
     lines = [p.decode("utf-8", "replace") for p in re.split(rb"\r\n|\n|\r", data) if p.strip()]
     return lines[-count:]
-
-
-def iter_stages(lines: list[str]) -> Iterator[tuple[str, str]]:
-    for line in lines:
-        stage = classify_line(line)
-        if stage is not None:
-            yield stage, line
 
 
 class HealthProbe:

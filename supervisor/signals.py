@@ -13,12 +13,10 @@ class SignalHub:
     def __init__(self) -> None:
         self.shutdown = asyncio.Event()
         self.received: signal.Signals | None = None
-        self._on_reload: Callable[[], None] | None = None
         self._installed: list[signal.Signals] = []
 
     def install(self, on_reload: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._on_reload = on_reload
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig)
             self._installed.append(sig)

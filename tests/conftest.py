@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,15 @@ class CpuTestbed:
     served_model_name: str
     env: dict[str, str] = field(default_factory=dict)  # must be set for `vllm serve`
     serve_args: list[str] = field(default_factory=list)  # recommended extra `vllm serve` args
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_a_test() -> Iterator[None]:
+    """Kill what pools registered with helpers.tracked() still hold, when a test failed midway."""
+    yield
+    from helpers import kill_pool_leftovers
+
+    kill_pool_leftovers()
 
 
 @pytest.fixture(scope="session")

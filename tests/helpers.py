@@ -44,6 +44,47 @@ def standin_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return settings
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+_POOLS: list[Any] = []
+
+
+def tracked(pool: T) -> T:
+    """Register a Pool so whatever it started is killed after the test, even a failed one."""
+    _POOLS.append(pool)
+    return pool
+
+
+def kill_pool_leftovers() -> None:
+    """SIGKILL every process tree a tracked pool still holds, and reap them (test teardown)."""
+    import contextlib
+    import os
+    import signal
+
+    for pool in _POOLS:
+        for instance in pool.instances.values():
+            process = instance.process
+            if process is None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pgid, signal.SIGKILL)
+            for member in process.known_members():
+                found = member.process()
+                if found is not None:
+                    with contextlib.suppress(psutil.Error):
+                        found.kill()
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(member.pid, 0)
+    _POOLS.clear()
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -69,6 +110,86 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+class LineReader:
+    """A subprocess's text output, line by line, waited on with a deadline.
+
+    A thread does the blocking reads, so a silent or hung process fails the test at the
+    deadline instead of hanging it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        import queue
+        import threading
+
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        """The first line containing needle; AssertionError at the deadline or end of output."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"output ended before a line with {needle!r}")
+            if needle in line:
+                return line
+        raise AssertionError(f"no line with {needle!r} within {timeout:.0f} s")
+
+
+class ForegroundSupervisor:
+    """`bawt-vllm up ALIAS --foreground` in a subprocess, to be killed by a test.
+
+    On exit, the supervisor and every process its state record names are SIGKILLed.
+    """
+
+    def __init__(self, config: Path, alias: str) -> None:
+        import subprocess
+        import sys
+
+        self.record = Path(yaml.safe_load(config.read_text())["bawt_vllm"]["state_dir"]) / "instances" / f"{alias}.json"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bawt_vllm.supervisor.cli", "up", alias, "--foreground", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._seen: list[int] = []
+        self.output = LineReader(self.process.stdout)
+
+    def __enter__(self) -> ForegroundSupervisor:
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        self.output.wait_for("is ready at", timeout)
+
+    def members(self) -> list[int]:
+        """The tree's pids as the supervisor's state record names them."""
+        import json
+
+        pids = [int(pid) for pid, _ in json.loads(self.record.read_text())["members"]]
+        self._seen = sorted(set(self._seen) | set(pids))
+        return pids
+
+    def __exit__(self, *exc: object) -> None:
+        import contextlib
+        import os
+        import signal
+
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for pid in alive(self._seen):
+            os.kill(pid, signal.SIGKILL)
 
 
 class RunningDaemon:

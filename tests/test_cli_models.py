@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bawt_vllm.supervisor.ports import free_port
-from helpers import alive, daemon_pid, stop_daemon
+from helpers import alive, daemon_pid, free_port, stop_daemon
 from hub_standin import HubStandin, default_repos, hub_environment
 
 COMMENTED = """\

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import pytest
 from bawt_vllm.clients import VLLMClient, VLLMClientError, get_tool_format, is_vllm_available, runnable_aliases
 from bawt_vllm.clients.vllm_client import normalize_message
-from bawt_vllm.supervisor.ports import free_port
-from helpers import RunningDaemon, alive, write_models_yaml
+from helpers import RunningDaemon, alive, free_port, write_models_yaml
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",

@@ -13,11 +13,12 @@ import time
 import openai
 import pytest
 import yaml
-from bawt_vllm.supervisor.ports import free_port
 from helpers import (
+    LineReader,
     RunningDaemon,
     alive,
     daemon_pid,
+    free_port,
     http,
     standin_entry,
     standin_settings,
@@ -235,12 +236,10 @@ def test_logs_follow_and_cli_errors(tmp_path):
         follower = subprocess.Popen([sys.executable, "-m", "bawt_vllm.supervisor.cli", "logs", "m", "-f",
                                      "--config", str(config)], stdout=subprocess.PIPE, text=True)
         try:
-            assert "Application startup complete." in "".join(follower.stdout.readline() for _ in range(7))
+            output = LineReader(follower.stdout)
+            output.wait_for("Application startup complete.", 10)  # the tail
             daemon.client.down("m")
-            assert wait_until(lambda: "Shutting down" in (tmp_path / "state/logs/m.1.log").read_text(), 10)
-            for line in follower.stdout:
-                if "Shutting down" in line:
-                    break
+            output.wait_for("Shutting down", 10)  # followed as it was written
         finally:
             follower.kill()
             follower.wait()

@@ -18,8 +18,18 @@ import pytest
 from bawt_vllm.supervisor.config import load_config
 from bawt_vllm.supervisor.instance import State
 from bawt_vllm.supervisor.pool import Pool
-from bawt_vllm.supervisor.ports import free_port
-from helpers import RunningDaemon, alive, daemon_pid, run, stop_daemon, wait_until, write_models_yaml
+from helpers import (
+    ForegroundSupervisor,
+    RunningDaemon,
+    alive,
+    daemon_pid,
+    free_port,
+    run,
+    stop_daemon,
+    tracked,
+    wait_until,
+    write_models_yaml,
+)
 
 pytestmark = pytest.mark.real_vllm
 
@@ -54,7 +64,7 @@ def names(pids):
 
 
 def test_start_ready_chat_stop_leaves_no_process(tmp_path, testbed):
-    pool = Pool(load_config(real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)})))
+    pool = tracked(Pool(load_config(real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)}))))
 
     async def scenario():
         instance = await pool.up("tiny", timeout=LOAD_TIMEOUT_S)
@@ -80,7 +90,7 @@ def test_start_ready_chat_stop_leaves_no_process(tmp_path, testbed):
 
 def test_sigkilled_api_server_leaves_no_orphan(tmp_path, testbed):
     config = real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)}, max_restarts=0)
-    pool = Pool(load_config(config))
+    pool = tracked(Pool(load_config(config)))
 
     async def scenario():
         instance = await pool.up("tiny", timeout=LOAD_TIMEOUT_S)
@@ -100,28 +110,15 @@ def test_sigkilled_api_server_leaves_no_orphan(tmp_path, testbed):
 
 def test_sigkilled_supervisor_takes_the_tree_down(tmp_path, testbed):
     config = real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)})
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "bawt_vllm.supervisor.cli", "up", "tiny", "--foreground", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    members: list[int] = []
-    try:
-        for line in supervisor.stdout:
-            if "is ready at" in line:
-                break
-        record = json.loads((tmp_path / "state" / "instances" / "tiny.json").read_text())
-        members = [int(pid) for pid, _ in record["members"]]
+    with ForegroundSupervisor(config, "tiny") as supervisor:
+        supervisor.wait_ready(LOAD_TIMEOUT_S)
+        members = supervisor.members()
         assert len(alive(members)) >= 3
-        supervisor.send_signal(signal.SIGKILL)
-        supervisor.wait(10)
+        supervisor.process.send_signal(signal.SIGKILL)
+        supervisor.process.wait(10)
         assert wait_until(lambda: not alive(members), 15), f"left: {names(alive(members))}"
         report = run(Pool(load_config(config)).recover())
         assert report.clean and report.gone == ["tiny"]
-    finally:
-        if supervisor.poll() is None:
-            os.killpg(supervisor.pid, signal.SIGKILL)
-            supervisor.wait()
-        for pid in alive(members):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_daemon_end_to_end(tmp_path, testbed):

@@ -16,12 +16,21 @@ from bawt_vllm.supervisor.config import load_config
 from bawt_vllm.supervisor.instance import TRANSITIONS, IllegalTransition, StartFailed, State
 from bawt_vllm.supervisor.pool import CapacityError, Pool
 from bawt_vllm.supervisor.process import ProcessIdentity, ServeProcess
-from helpers import alive, run, standin_entry, standin_settings, wait_until, write_models_yaml
+from helpers import (
+    ForegroundSupervisor,
+    alive,
+    run,
+    standin_entry,
+    standin_settings,
+    tracked,
+    wait_until,
+    write_models_yaml,
+)
 
 
 def make_pool(tmp_path: Path, models: dict, **settings) -> Pool:
     path = write_models_yaml(tmp_path / "models.yaml", models, **standin_settings(tmp_path, **settings))
-    return Pool(load_config(path))
+    return tracked(Pool(load_config(path)))
 
 
 async def until_failed(pool: Pool, alias: str):
@@ -242,26 +251,15 @@ def test_recovery_ignores_a_reused_pid(tmp_path):
 def test_killing_the_supervisor_takes_its_tree_down(tmp_path):
     config = write_models_yaml(tmp_path / "models.yaml", {"m": standin_entry("engine_child")},
                                **standin_settings(tmp_path))
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "bawt_vllm.supervisor.cli", "up", "m", "--foreground", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    members: list[int] = []
-    try:
-        record = tmp_path / "state" / "instances" / "m.json"
-        assert wait_until(lambda: record.exists() and len(json.loads(record.read_text())["members"]) >= 2, 20)
-        members = [int(pid) for pid, _ in json.loads(record.read_text())["members"]]
+    with ForegroundSupervisor(config, "m") as supervisor:
+        supervisor.wait_ready(20)
+        members = supervisor.members()
         assert len(alive(members)) == 2
-        supervisor.send_signal(signal.SIGKILL)
-        supervisor.wait(10)
+        supervisor.process.send_signal(signal.SIGKILL)
+        supervisor.process.wait(10)
         assert wait_until(lambda: not alive(members), 5), f"left behind: {alive(members)}"
         report = run(make_pool(tmp_path, {"m": standin_entry("engine_child")}).recover())
         assert report.clean and report.gone == ["m"]
-    finally:
-        if supervisor.poll() is None:
-            os.killpg(supervisor.pid, signal.SIGKILL)
-            supervisor.wait()
-        for pid in alive(members):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_serve_process_reaps_zombies(tmp_path):
@@ -291,7 +289,7 @@ def test_one_gpu_each_with_pci_order_and_a_clear_error_when_full(tmp_path):
     models = {name: standin_entry(env={"FAKE_VLLM_ARGV_FILE": str(tmp_path / f"{name}.json")},
                                   gpu_memory_utilization=0.5) for name in ("a", "b", "c")}
     path = write_models_yaml(tmp_path / "models.yaml", models, **standin_settings(tmp_path, eviction_wait_s=0.2))
-    pool = Pool(load_config(path), inventory=StaticInventory([_gpu(0, 79), _gpu(1, 70)]))
+    pool = tracked(Pool(load_config(path), inventory=StaticInventory([_gpu(0, 79), _gpu(1, 70)])))
 
     async def scenario():
         await pool.up("a", timeout=20)

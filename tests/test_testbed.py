@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import free_port, wait_until
 from openai import OpenAI
 
 pytestmark = pytest.mark.real_vllm
@@ -51,12 +51,6 @@ class Server:
     base_url: str  # http://127.0.0.1:PORT
     log_path: Path
     client: OpenAI
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _log_tail(path: Path, lines: int = 60) -> str:
@@ -99,13 +93,7 @@ def _live_group_members(pgid: int) -> list[psutil.Process]:
 
 
 def _wait_group_gone(proc: subprocess.Popen, pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None and not _live_group_members(pgid):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
+    return wait_until(lambda: proc.poll() is not None and not _live_group_members(pgid), timeout, interval=0.2)
 
 
 def _stop_group(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -123,7 +111,7 @@ def _stop_group(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None
 
 @pytest.fixture(scope="module")
 def server(testbed, tmp_path_factory) -> Server:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "vllm-serve.log"
     cmd = [
         testbed.vllm, "serve", testbed.model_dir,
