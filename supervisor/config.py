@@ -328,6 +328,12 @@ class Config:
     models: dict[str, ModelEntry] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
+    def resolve(self, name: str) -> str | None:
+        """The alias a client's model name means: an alias, or an entry's served name."""
+        if name in self.models:
+            return name
+        return next((alias for alias, entry in self.models.items() if entry.served_name == name), None)
+
     def entry(self, alias: str) -> ModelEntry:
         try:
             return self.models[alias]

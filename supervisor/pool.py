@@ -92,6 +92,10 @@ class Pool:
     def log_dir(self) -> Path:
         return logs_in(self.state_dir)
 
+    def get(self, alias: str) -> Instance | None:
+        """The instance of alias, if one was ever placed (read-only view for status pages)."""
+        return self.instances.get(alias)
+
     # -- placing and starting -----------------------------------------------------------
     async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Instance:
         """Start `alias` unless it is live already (then join it); with wait, until ready."""
