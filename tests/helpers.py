@@ -26,11 +26,19 @@ def standin_entry(mode: str = "ok", **extra: Any) -> dict[str, Any]:
     return {"type": "vllm", "model_id": "standin/model", "tool_support": "none", "env": env, **extra}
 
 
+def run_port_range(width: int = 100) -> list[int]:
+    """A port window of this test run's own (by pid), so concurrent runs do not share ports."""
+    import os
+
+    low = 20000 + (os.getpid() % 300) * width
+    return [low, low + width - 1]
+
+
 def standin_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "vllm_executable": str(STANDIN_VLLM),
         "state_dir": str(tmp_path / "state"),
-        "port_range": [18500, 18999],
+        "port_range": run_port_range(),
         "stop_grace_s": 2.0,
         "health_interval_s": 0.2,
         "restart_backoff_s": 0.05,

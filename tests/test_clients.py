@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 from bawt_vllm.clients import VLLMClient, VLLMClientError, get_tool_format, is_vllm_available, runnable_aliases
 from bawt_vllm.clients.vllm_client import normalize_message
-from helpers import RunningDaemon, alive, free_port, write_models_yaml
+from helpers import RunningDaemon, alive, free_port, run_port_range, write_models_yaml
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -35,7 +35,7 @@ def served(tmp_path_factory, testbed):
     }
     config = write_models_yaml(tmp_path / "models.yaml", models, vllm_executable=testbed.vllm,
                                state_dir=str(tmp_path / "state"), gateway_port=free_port(),
-                               port_range=[19600, 19699], max_cpu_instances=1, eviction_wait_s=60)
+                               port_range=run_port_range(), max_cpu_instances=1, eviction_wait_s=60)
     with RunningDaemon(config) as daemon:
         yield config, daemon
 

@@ -25,6 +25,7 @@ from helpers import (
     daemon_pid,
     free_port,
     run,
+    run_port_range,
     stop_daemon,
     tracked,
     wait_until,
@@ -48,7 +49,7 @@ def tiny_entry(testbed, **extra):
 
 
 def real_config(tmp_path: Path, testbed, models: dict, **settings) -> Path:
-    merged = {"vllm_executable": testbed.vllm, "state_dir": str(tmp_path / "state"), "port_range": [19500, 19599],
+    merged = {"vllm_executable": testbed.vllm, "state_dir": str(tmp_path / "state"), "port_range": run_port_range(),
               "gateway_port": free_port(), "health_interval_s": 0.5, "stop_grace_s": 10, **settings}
     return write_models_yaml(tmp_path / "models.yaml", models, **merged)
 
