@@ -24,30 +24,34 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
 )
 
 from .locations import (
+    ALIAS_PATTERN,
+    ALIAS_RULE,
     CONFIG_ENV_VAR,
     GLOBAL_SECTION,
     LLM_BAWT_CONFIG_ENV_VAR,
     MODELS_SECTION,
     ConfigError,
     ConfigProblem,
+    ConfigTextError,
+    check_yaml_expansion,
     default_state_dir,
     did_you_mean,
     find_config_path,
+    is_safe_alias,
+    read_config_text,
 )
 
 __all__ = [
-    "CONFIG_ENV_VAR", "GLOBAL_SECTION", "LLM_BAWT_CONFIG_ENV_VAR", "MODELS_SECTION", "Config", "ConfigError",
-    "ConfigProblem", "ModelEntry", "Settings", "UnknownModelError", "check_config", "default_state_dir",
-    "find_config_path", "load_config",
+    "ALIAS_PATTERN", "ALIAS_RULE", "CONFIG_ENV_VAR", "GLOBAL_SECTION", "LLM_BAWT_CONFIG_ENV_VAR", "MAX_SECONDS",
+    "MAX_STOP_GRACE_S", "MODELS_SECTION", "Config", "ConfigError", "ConfigProblem", "ModelEntry", "Settings",
+    "UnknownModelError", "check_config", "default_state_dir", "find_config_path", "is_safe_alias", "load_config",
 ]
 
 from .command import reserved_flag_problems
@@ -124,6 +128,23 @@ RESERVED_ENV_VARS = {
 Port = Annotated[int, Field(ge=1024, le=65535)]
 EnvVarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
+MAX_SECONDS = 86_400.0
+"""Upper bound of every duration setting (1 day): a larger one is a typo, and timers must stay finite."""
+MAX_STOP_GRACE_S = 3_600.0
+"""Upper bound of stop_grace_s (1 hour): an unload must end in SIGKILL within a sane time."""
+
+
+def _not_a_bool(value: Any) -> Any:
+    """YAML reads `yes` and `on` as true, which pydantic would take as 1 second."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+SecondsOrZero = Annotated[float, BeforeValidator(_not_a_bool), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+GraceSeconds = Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0, le=MAX_STOP_GRACE_S, allow_inf_nan=False)]
+
 
 def _numbers_to_str(value: Any) -> Any:
     """YAML reads `8` and `0.5` as numbers; env values and CLI args are strings."""
@@ -179,19 +200,19 @@ class Settings(BaseModel):
     gateway_host: str = "127.0.0.1"
     gateway_port: Port = 8400
     state_dir: Path = Field(default_factory=default_state_dir)
-    ready_stall_timeout_s: PositiveFloat = 300.0
-    ready_total_timeout_s: PositiveFloat | None = None
-    stop_grace_s: PositiveFloat = 15.0
-    health_interval_s: PositiveFloat = 2.0
+    ready_stall_timeout_s: Seconds = 300.0
+    ready_total_timeout_s: Seconds | None = None
+    stop_grace_s: GraceSeconds = 15.0
+    health_interval_s: Seconds = 2.0
     liveness_probe: bool = False
-    probe_timeout_s: PositiveFloat = 30.0
+    probe_timeout_s: Seconds = 30.0
     max_restarts: NonNegativeInt = 3
-    restart_backoff_s: NonNegativeFloat = 2.0
-    restart_backoff_max_s: NonNegativeFloat = 60.0
+    restart_backoff_s: SecondsOrZero = 2.0
+    restart_backoff_max_s: SecondsOrZero = 60.0
     max_cpu_instances: NonNegativeInt = 1
-    idle_ttl_s: PositiveFloat | None = None
-    eviction_wait_s: NonNegativeFloat = 30.0
-    vram_release_timeout_s: PositiveFloat = 30.0
+    idle_ttl_s: Seconds | None = None
+    eviction_wait_s: SecondsOrZero = 30.0
+    vram_release_timeout_s: Seconds = 30.0
     vram_tolerance_mib: NonNegativeInt = 256
     api_key_env: EnvVarName | None = DEFAULT_API_KEY_ENV
 
@@ -210,7 +231,10 @@ class Settings(BaseModel):
     @field_validator("state_dir")
     @classmethod
     def _expand_state_dir(cls, value: Path) -> Path:
-        return value.expanduser()
+        try:
+            return value.expanduser()
+        except RuntimeError:  # '~someone' with no such user; pydantic reports only ValueError
+            raise ValueError(f"cannot expand '{value}': no such user") from None
 
 
 class ModelEntry(BaseModel):
@@ -250,7 +274,7 @@ class ModelEntry(BaseModel):
     gpu: NonNegativeInt | None = None
     port: Port | None = None
     preload: bool = False
-    idle_ttl_s: PositiveFloat | None = None
+    idle_ttl_s: Seconds | None = None
     api_key_env: EnvVarName | None = None
 
     @field_validator("path")
@@ -276,6 +300,24 @@ ENTRY_KEYS = frozenset(ModelEntry.model_fields) - {"alias"}
 SETTINGS_KEYS = frozenset(Settings.model_fields)
 
 _ENV_NAME_TEXT = "must be an environment variable name (letters, digits and underscores)"
+
+
+def _seconds_range(above_zero: bool, most: float) -> str:
+    span = "1 hour" if most == 3_600 else "1 day"
+    return f"{'greater than 0' if above_zero else '0 or more'} and at most {most:g} seconds ({span})"
+
+
+_DURATION_RANGES = {
+    **dict.fromkeys(
+        ("ready_stall_timeout_s", "ready_total_timeout_s", "health_interval_s", "probe_timeout_s",
+         "idle_ttl_s", "vram_release_timeout_s"),
+        _seconds_range(True, MAX_SECONDS),
+    ),
+    **dict.fromkeys(("restart_backoff_s", "restart_backoff_max_s", "eviction_wait_s"), _seconds_range(False, MAX_SECONDS)),
+    "stop_grace_s": _seconds_range(True, MAX_STOP_GRACE_S),
+}
+"""The allowed range of every duration key, for error messages (the same in bawt_vllm: and in entries)."""
+_NOT_A_NUMBER_ERRORS = frozenset({"float_parsing", "float_type", "value_error"})
 _EXPECTATIONS = {
     "context_window": "must be an integer > 0",
     "max_tokens": "must be an integer > 0",
@@ -384,12 +426,25 @@ class _DuplicateKeyLoader(yaml.SafeLoader):
             seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Turn the ValueErrors of PyYAML's constructors (a date like 2024-13-45, an integer of
+        5000 digits) into a YAML error that points at the value."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as error:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {error}", node.start_mark
+            ) from error
+
 
 def _read_yaml(path: Path) -> tuple[Any, list[ConfigProblem]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        text = read_config_text(path)
+        check_yaml_expansion(text)
+    except OSError as error:
         return None, [ConfigProblem(path, None, None, f"cannot read the file: {error}")]
+    except ConfigTextError as error:
+        return None, [ConfigProblem(path, None, None, str(error))]
     loader = _DuplicateKeyLoader(text)
     try:
         document = loader.get_single_data()
@@ -417,7 +472,7 @@ def _parse_document(
 ) -> tuple[Config, list[ConfigProblem]]:
     fallback = Config(path=path, settings=Settings(state_dir=default_state_dir(environ)))
     if document is None:
-        return fallback, []
+        return fallback, [_no_models_problem(path, fallback)]
     if not isinstance(document, dict):
         message = f"the top level must be a map with a '{MODELS_SECTION}' key (got {_type_name(document)})"
         return fallback, [ConfigProblem(path, None, None, message)]
@@ -432,19 +487,35 @@ def _parse_document(
         raw_models = {}
 
     config = Config(path=path, settings=settings or fallback.settings)
+    broken_entries = 0
     for raw_alias, definition in raw_models.items():
         alias = str(raw_alias)
-        entry, entry_problems, skip_reason = _parse_model(path, alias, definition)
+        entry, entry_problems, skip_reason = _parse_model(path, raw_alias, definition)
         problems += entry_problems
+        broken_entries += bool(entry_problems)
         if skip_reason is not None:
             config.skipped[alias] = skip_reason
         elif entry is not None:
             config.models[alias] = entry
 
+    if not config.models and not broken_entries and isinstance(document.get(MODELS_SECTION, {}), dict | None):
+        problems.append(_no_models_problem(path, config))
     problems += _cross_entry_problems(path, config.models)
     if settings is not None:
         problems += _settings_consistency_problems(path, settings, config.models)
     return config, problems
+
+
+def _no_models_problem(path: Path, config: Config) -> ConfigProblem:
+    """An empty file, an empty `models:`, or only entries left to llm-bawt: nothing to supervise."""
+    message = (
+        f"no models configured: add at least one entry under {MODELS_SECTION}: "
+        "(type: vllm, or type: gguf with backend: vllm)"
+    )
+    if config.skipped:
+        left = ", ".join(f"{alias} ({why})" for alias, why in config.skipped.items())
+        message += f"; the entries here are all left to llm-bawt: {left}"
+    return ConfigProblem(path, None, None, message)
 
 
 def _type_name(value: Any) -> str:
@@ -485,9 +556,10 @@ def _skip_reason(definition: Mapping[str, Any]) -> str | None:
 
 
 def _parse_model(
-    path: Path, alias: str, definition: Any
+    path: Path, raw_alias: Any, definition: Any
 ) -> tuple[ModelEntry | None, list[ConfigProblem], str | None]:
     """Validate one entry: (entry or None, problems, skip reason or None)."""
+    alias = str(raw_alias)
     if not isinstance(definition, dict):
         message = f"must be a map of model settings (got {_type_name(definition)})"
         return None, [ConfigProblem(path, alias, None, message)], None
@@ -496,7 +568,7 @@ def _parse_model(
     if skip_reason is not None:
         return None, [], skip_reason
 
-    findings = _unknown_key_findings(values, ENTRY_KEYS | LLM_BAWT_ONLY_KEYS)
+    findings = _alias_findings(raw_alias) + _unknown_key_findings(values, ENTRY_KEYS | LLM_BAWT_ONLY_KEYS)
     known = {key: value for key, value in values.items() if key in ENTRY_KEYS}
     entry, validation_findings = _validate(ModelEntry, {**known, "alias": alias})
     findings += validation_findings + _entry_rule_findings(known)
@@ -506,6 +578,18 @@ def _parse_model(
 
 Finding = tuple[str | None, str]
 """(key, message) before the file and alias are attached."""
+
+
+def _alias_findings(raw_alias: Any) -> list[Finding]:
+    """Only entries bawt-vllm runs are held to this: their alias becomes a file name. Entries
+    left to llm-bawt may use any name."""
+    if not isinstance(raw_alias, str):
+        # YAML reads `1.10:` as the number 1.1 and `010:` as 8: the name would silently change.
+        what = f"YAML reads it as {_type_name(raw_alias)}"
+        return [(None, f"the alias must be text; {what}: quote it, e.g. '{raw_alias}':")]
+    if not is_safe_alias(raw_alias):
+        return [(None, f"{raw_alias!r} cannot be an alias: use {ALIAS_RULE}")]
+    return []
 
 
 def _unknown_key_findings(values: Mapping[str, Any], allowed: frozenset[str]) -> list[Finding]:
@@ -531,14 +615,30 @@ def _validation_findings(error: ValidationError, values: Mapping[str, Any]) -> l
         location = [str(part) for part in detail["loc"] if part != "[key]"]  # pydantic marks bad dict keys
         top_key = location[0] if location else None
         key: str | None
-        if top_key in _EXPECTATIONS:
-            key, expected, got = top_key, _EXPECTATIONS[top_key], values.get(top_key)
+        if top_key in _DURATION_RANGES:
+            key = top_key
+            message = _duration_message(detail["type"], _DURATION_RANGES[top_key], values.get(top_key))
+        elif top_key in _EXPECTATIONS:
+            key = top_key
+            message = f"{_EXPECTATIONS[top_key]} (got {_shown(values.get(top_key))})"
         else:
             key = ".".join(location) or None
             expected = _ERROR_TYPE_TEXT.get(detail["type"], _lower_first(detail["msg"]))
-            got = detail.get("input")
-        findings.setdefault(key, f"{expected} (got {got!r})")
+            message = f"{expected} (got {_shown(detail.get('input'))})"
+        findings.setdefault(key, message)
     return list(findings.items())
+
+
+def _duration_message(error_type: str, allowed: str, got: Any) -> str:
+    if error_type in _NOT_A_NUMBER_ERRORS:
+        return f"must be a number (got {_shown(got)}); allowed: {allowed}"
+    return f"must be a finite number {allowed} (got {_shown(got)})"
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """repr(value), cut short: a bad value may be a large structure."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _lower_first(text: str) -> str:

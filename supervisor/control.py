@@ -1,17 +1,24 @@
 """The daemon's control API, on a Unix socket only its owner can open (mode 0600).
 
-JSON over HTTP: `GET /status`, `POST /up` (streams load events as JSON lines, then the
-result), `POST /down`, `GET /logs` (optionally following), `GET /gpus`, `GET /events`,
-`POST /reload`. The CLI's `DaemonClient` is its only intended caller.
+JSON over HTTP: `GET /status`, `POST /up`, `POST /down`, `GET /logs` (optionally following),
+`GET /gpus`, `GET /events`, `POST /reload`. The CLI's `DaemonClient` is its only intended caller.
+
+`/up` and `/down` answer with JSON lines (application/x-ndjson), because a load or a stop can
+rightly take minutes: each instance event as `{"event": {...}}`; while nothing happens, a
+heartbeat every HEARTBEAT_S, `{"waiting": {"model", "state", "stage", "elapsed_s"}}`; last,
+`{"done": true, "ok": true, ...}` or `{"done": true, "ok": false, "error": "..."}`. A client can
+so use a read timeout of a few heartbeats: it sees a dead daemon, never a long wait, as one.
+Every error is a JSON object `{"error": "..."}` with a 4xx/5xx status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,83 @@ from .locations import find_log
 from .pool import CapacityError, Pool
 from .readiness import read_log_tail
 
+log = logging.getLogger("bawt_vllm.control")
+
 FOLLOW_POLL_S = 0.1
+HEARTBEAT_S = 5.0
+"""While /up or /down waits with nothing to report, a `waiting` line this often."""
+BODY_READ_TIMEOUT_S = 10.0
+"""A request body not in within this is answered 408: a half-sent request holds no handler."""
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _error(status: type[web.HTTPError], message: str) -> web.HTTPError:
+    return status(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """aiohttp's own errors (no such route, wrong method) as JSON too, like every other answer."""
+    try:
+        return await handler(request)
+    except web.HTTPError as error:
+        if error.content_type == "application/json":
+            raise
+        headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return web.json_response({"error": f"{error.reason}: {request.method} {request.path}"},
+                                 status=error.status, headers=headers)
+
+
+async def _read_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); 408 if it does not arrive, 400 if not an object."""
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        raise _error(web.HTTPRequestTimeout,
+                     f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g}s") from None
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise _error(web.HTTPBadRequest, f"the request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise _error(web.HTTPBadRequest, f"the request body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def _field(body: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    value = body.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise _error(web.HTTPBadRequest, f"'{key}' must be {what}, not {_json_type(value)}")
+    return value
+
+
+def _int_query(request: web.Request, key: str, minimum: int) -> int | None:
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _error(web.HTTPBadRequest, f"'{key}' must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise _error(web.HTTPBadRequest, f"'{key}' must be at least {minimum}, not {value}")
+    return value
+
+
+async def _ndjson(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    return response
 
 
 class ControlApi:

@@ -28,12 +28,16 @@ from .gateway import Gateway
 from .locations import control_socket
 from .metrics import Metrics
 from .notify import notify_ready, notify_status, notify_stopping
-from .pool import Pool, entry_fingerprint
+from .pool import ConfigRejected, Pool
 from .process import become_subreaper
 from .signals import SignalHub
 from .statefile import StateDirLock
 
 log = logging.getLogger("bawt_vllm.daemon")
+
+
+class DaemonStartError(RuntimeError):
+    """The daemon cannot start (its gateway port is taken, ...): one clear line, no traceback."""
 
 
 def control_socket_path(config: Config) -> Path:
@@ -49,9 +53,11 @@ class Daemon:
         self._runners: list[web.AppRunner] = []
         self._lock: StateDirLock | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        self._socket_path: Path | None = None  # the socket this daemon bound, the only one it removes
+        self._reloading = asyncio.Lock()
 
     async def run(self) -> int:
-        config = load_config(self.config_path)
+        config = await asyncio.to_thread(load_config, self.config_path)
         self.config_path = config.path
         state_dir = Path(config.settings.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -64,9 +70,11 @@ class Daemon:
         self.pool.stop_listeners.append(lambda r: self.metrics.observe_stop(
             r.alias, r.took_s, r.vram.freed_bytes if r.vram else None) if r.was_running else None)
         try:
+            # Sockets first: a taken gateway port fails the start before anything left by a
+            # previous daemon is adopted or stopped.
+            await self._serve(config)
             for line in (await self.pool.recover(adopt=True)).lines():
                 log.info(line)
-            await self._serve(config)
             self._warn_if_exposed(config)
             self.pool.start_ttl_reaper()
             notify_ready(f"gateway {self.gateway_url}; {len(config.models)} model(s) configured")
@@ -84,12 +92,19 @@ class Daemon:
         self._runners.append(gateway_runner)
         site = web.TCPSite(gateway_runner, config.settings.gateway_host, config.settings.gateway_port,
                            reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            raise DaemonStartError(
+                f"the gateway cannot listen on {config.settings.gateway_host}:{config.settings.gateway_port}: "
+                f"{error.strerror or error}; another program (another bawt-vllm?) holds it: stop it, or set "
+                f"bawt_vllm.gateway_port in {config.path}") from None
         # Where the gateway was bound; a reload does not move it.
         self.gateway_url = gateway_base_url(config.settings).removesuffix("/v1")
         socket_path = control_socket_path(config)
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # a stale socket of a dead daemon (the lock proves none runs)
+        self._socket_path = socket_path
         control = ControlApi(self.pool, gateway_url=self.gateway_url, reload=self.reload)
         control_runner = web.AppRunner(control.app(), handler_cancellation=True, access_log=None)
         await control_runner.setup()
@@ -126,29 +141,31 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     async def reload(self) -> list[str]:
-        """Re-read the config; stop instances whose entry changed or vanished, keep the rest."""
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as error:
-            log.error("reload refused, keeping the running config:\n%s", error)
-            return [f"refused: {error}"]
-        old = self.pool.config
-        changes = []
-        for alias in list(self.pool.instances):
-            entry = new.models.get(alias)
-            if entry is None:
-                changes.append(f"{alias}: removed from the config, stopped")
-            elif entry_fingerprint(entry, new) != entry_fingerprint(old.models[alias], old):
-                changes.append(f"{alias}: entry changed, stopped (starts again on demand)")
-            else:
-                continue
-            await self.pool.down(alias)
-            del self.pool.instances[alias]
-        changes += [f"{alias}: added" for alias in new.models if alias not in old.models]
-        self.pool.config = new
+        """Re-read the config (off the event loop) and apply it through the pool; one at a time.
+
+        A config that does not load, or changes what only a restart can change, is refused
+        whole and the running one kept.
+        """
+        async with self._reloading:
+            if self.shutting_down:
+                return ["refused: bawt-vllm is shutting down"]
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+                self._check_reloadable(new)
+                changes = await self.pool.apply_config(new)
+            except (ConfigError, ConfigRejected) as error:
+                log.error("reload refused, keeping the running config:\n%s", error)
+                return [f"refused: {error}"]
         log.info("config reloaded: %s", "; ".join(changes) or "no instance affected")
         notify_status(f"config reloaded at {time.strftime('%H:%M:%S')}")
         return changes
+
+    def _check_reloadable(self, new: Config) -> None:
+        old = self.pool.config.settings
+        moved = [key for key in ("gateway_host", "gateway_port") if getattr(new.settings, key) != getattr(old, key)]
+        if moved:
+            raise ConfigRejected(f"bawt_vllm.{', bawt_vllm.'.join(moved)} changed: the gateway moves only on a "
+                                 "restart of bawt-vllm; config not reloaded")
 
     async def _shutdown(self) -> None:
         self.shutting_down = True
@@ -162,9 +179,9 @@ class Daemon:
                     log.info(result.summary())
         for runner in reversed(self._runners):
             await runner.cleanup()
-        if hasattr(self, "pool"):
+        if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
-                control_socket_path(self.pool.config).unlink()
+                self._socket_path.unlink()
         self.hub.uninstall()
         if self._lock is not None:
             self._lock.release()
@@ -181,4 +198,8 @@ def _is_loopback(host: str) -> bool:
 
 def run_daemon(config_path: Path | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return asyncio.run(Daemon(config_path).run())
+    try:
+        return asyncio.run(Daemon(config_path).run())
+    except (DaemonStartError, ConfigError) as error:
+        log.error("bawt-vllm daemon not started: %s", error)
+        return 1

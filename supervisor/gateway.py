@@ -5,33 +5,60 @@ Requests are passed through as they are: the body goes upstream byte for byte (o
 streams included, come back chunk by chunk as vLLM writes them, never re-encoded. A client
 that disconnects cancels its handler, which closes the upstream request, which makes vLLM
 abort the generation.
+
+What the gateway itself refuses or fails at is answered in OpenAI's error shape
+(`{"error": {"message", "type", "param", "code"}}`): an unknown URL or a path that would
+leave /v1/ after resolving `..` (vLLM's own /metrics, /tokenize, /version stay out of
+reach), a body over MAX_BODY_BYTES, a body or request head not received within
+READ_DEADLINE_S, bad JSON, shutdown, and upstream failures.
 """
+
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .config import Config
 from .instance import Instance, StartFailed, State
 from .metrics import Metrics
 from .pool import CapacityError, Pool
 
+log = logging.getLogger("bawt_vllm.gateway")
+
 Early = web.StreamResponse | None  # a response already started (SSE headers sent while loading)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
 KEEPALIVE_INTERVAL_S = 2.0
 UPSTREAM_KEEPALIVE_S = 3.0
 RETRY_AFTER_S = 10
+MAX_BODY_BYTES = 32 * 1024 * 1024  # the largest request body accepted (chat histories, images as base64)
+# A client has this long to send a request head (from connecting, or from the end of its last
+# response), and as long again for the body; then it is answered 408 or simply disconnected.
+READ_DEADLINE_S = 30.0
+ACCEPT_ERROR_LOG_INTERVAL_S = 60.0  # at most one warning this often while accept() runs out of descriptors
+UPSTREAM_ERROR_EXCERPT = 2000  # characters of a non-JSON upstream error kept in the message
+
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": everything else in a path is percent-encoded
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_HTTP_ERROR_CODES = {400: "invalid_request", 404: "unknown_url", 405: "method_not_allowed",
+                     408: "request_timeout", 413: "request_too_large"}
 
 
 def openai_error(status: int, message: str, *, type_: str, code: str | None = None,
@@ -46,19 +73,27 @@ class Gateway:
         self.metrics = metrics
         self._shutting_down = shutting_down
         self._session: aiohttp.ClientSession | None = None
+        self._accept_errors: AcceptErrorLog | None = None
 
     @property
     def config(self) -> Config:
         return self.pool.config
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth_middleware], client_max_size=256 * 1024 * 1024)
+        # keepalive_timeout is aiohttp's only clock on a connection that has not sent a whole
+        # request head: armed when the connection is made and after each response, it closes
+        # the connection if the next head is still incomplete (or absent) when it fires.
+        app = web.Application(middlewares=[self._error_middleware, self._auth_middleware],
+                              client_max_size=MAX_BODY_BYTES,
+                              handler_args={"keepalive_timeout": READ_DEADLINE_S})
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy)
+        app.on_startup.append(self._quiet_accept_errors)
         app.on_cleanup.append(self._close_session)
+        app.on_cleanup.append(self._restore_exception_handler)
         return app
 
     def _client(self) -> aiohttp.ClientSession:
@@ -74,14 +109,43 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
 
-    # -- auth ---------------------------------------------------------------------------
+    # -- the event loop's accept errors --------------------------------------------------
+    async def _quiet_accept_errors(self, _app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        self._accept_errors = AcceptErrorLog(loop.get_exception_handler())
+        loop.set_exception_handler(self._accept_errors)
+
+    async def _restore_exception_handler(self, _app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        if self._accept_errors is not None and loop.get_exception_handler() is self._accept_errors:
+            loop.set_exception_handler(self._accept_errors.previous)
+        self._accept_errors = None
+
+    # -- errors and auth ----------------------------------------------------------------
+    @web.middleware
+    async def _error_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own error responses (404, 405, 408, 413, ...) in OpenAI's error shape."""
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            return _shaped_http_error(request, error)
+        except ConnectionError:
+            raise  # the client went away: nobody to answer
+        except Exception:
+            if request.writer.output_size > 0:
+                raise  # a response has begun: aiohttp can only close the connection
+            log.exception("gateway error on %s %s", request.method, request.path)
+            return openai_error(500, "internal error in the bawt-vllm gateway (details in the daemon log)",
+                                type_="server_error", code="internal_error")
+
     def _gateway_key(self) -> str | None:
         variable = self.config.settings.api_key_env
         return os.environ.get(variable) or None if variable else None
 
     @web.middleware
-    async def _auth_middleware(self, request: web.Request,
-                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         key = self._gateway_key()
         if key and request.path != "/health":
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -102,7 +166,7 @@ class Gateway:
 
     def _model_card(self, alias: str) -> dict[str, Any]:
         entry = self.config.models[alias]
-        instance = self.pool.instances.get(alias)
+        instance = self.pool.get(alias)
         return {
             "id": alias, "object": "model", "created": 0, "owned_by": "bawt-vllm",
             "state": instance.state.value if instance else State.STOPPED.value,
@@ -114,20 +178,12 @@ class Gateway:
         return web.json_response({"object": "list", "data": [self._model_card(a) for a in self.config.models]})
 
     async def get_model(self, request: web.Request) -> web.Response:
-        alias = self._resolve(request.match_info["model"])
+        alias = self.config.resolve(request.match_info["model"])
         if alias is None:
             return self._unknown_model(request.match_info["model"])
         return web.json_response(self._model_card(alias))
 
     # -- routing ------------------------------------------------------------------------
-    def _resolve(self, model: str) -> str | None:
-        if model in self.config.models:
-            return model
-        for alias, entry in self.config.models.items():
-            if entry.served_name == model:
-                return alias
-        return None
-
     def _unknown_model(self, model: str) -> web.Response:
         known = ", ".join(self.config.models) or "none configured"
         return openai_error(404, f"model '{model}' does not exist; known models: {known}",
@@ -136,18 +192,21 @@ class Gateway:
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         if self._shutting_down():
             return openai_error(503, "bawt-vllm is shutting down", type_="server_error", code="shutting_down")
-        body = await request.read()
+        path = upstream_path(request.path)
+        if path is None:
+            raise web.HTTPNotFound()  # shaped by _error_middleware, like any unknown URL
+        body = await _read_body(request)
         model, payload, problem = _requested_model(request, body)
         if problem is not None:
             return openai_error(400, problem, type_="invalid_request_error", code="invalid_request")
-        alias = self._resolve(model)
+        alias = self.config.resolve(model)
         if alias is None:
             self.metrics.errors.labels("(unknown)", "404").inc()  # never a label per made-up name
             return self._unknown_model(model)
-        self.metrics.requests.labels(alias, request.match_info["tail"]).inc()
+        self.metrics.requests.labels(alias, path.removeprefix("/v1/")).inc()
         body = self._with_served_name(alias, model, payload, body)
         async with self.pool.in_use(alias):
-            return await self._route(request, alias, body, streaming=bool(payload and payload.get("stream")))
+            return await self._route(request, alias, path, body, streaming=bool(payload and payload.get("stream")))
 
     def _with_served_name(self, alias: str, model: str, payload: dict[str, Any] | None, body: bytes) -> bytes:
         served = self.config.models[alias].served_name
@@ -155,32 +214,26 @@ class Gateway:
             return body
         return json.dumps({**payload, "model": served}).encode()
 
-    async def _route(self, request: web.Request, alias: str, body: bytes, *, streaming: bool) -> web.StreamResponse:
+    async def _route(self, request: web.Request, alias: str, path: str, body: bytes, *,
+                     streaming: bool) -> web.StreamResponse:
         started = time.perf_counter()
-        instance = self.pool.instances.get(alias)
-        early: Early = None
-        if instance is None or instance.state is not State.READY:
-            # A streaming client gets its SSE headers now and comments while the model loads.
-            early = await _start_sse(request) if streaming else None
-            failure = await self._load(alias, early)
-            if failure is not None:
-                return failure
-            instance = self.pool.instances[alias]
+        current = self.pool.get(alias)
+        loading = current is None or current.state is not State.READY
+        # A streaming client gets its SSE headers now and comments while the model loads.
+        early: Early = await _start_sse(request) if streaming and loading else None
+        ready = await self._ready(alias, early)
+        if isinstance(ready, web.StreamResponse):
+            return ready
         try:
-            return await self._forward(request, instance, body, early, started)
-        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            return await self._forward(request, ready, path, body, early, started)
+        except (aiohttp.ClientError, TimeoutError) as error:
             message = f"{alias}: upstream vllm serve failed: {error.__class__.__name__}: {error}"
             return await self._fail(alias, early, 502, message, "upstream_error")
 
-    async def _load(self, alias: str, early: Early) -> web.StreamResponse | None:
-        """Start (or join the start of) alias; the error response if it cannot be loaded."""
-        loading = asyncio.ensure_future(self.pool.up(alias))
+    async def _ready(self, alias: str, early: Early) -> Instance | web.StreamResponse:
+        """The ready instance of alias (started, or its start joined); the error response if it cannot be."""
         try:
-            while early is not None and not loading.done():
-                await asyncio.wait({loading}, timeout=KEEPALIVE_INTERVAL_S)
-                if not loading.done():
-                    await early.write(f": loading {alias} ({self._stage(alias)})\n\n".encode())
-            await loading
+            return await self._up(alias, early)
         except CapacityError as busy:
             return await self._fail(alias, early, 503, str(busy), "no_capacity", {"Retry-After": str(RETRY_AFTER_S)})
         except StartFailed as failure:
@@ -188,13 +241,24 @@ class Gateway:
             return await self._fail(alias, early, 502, failure.reason + tail, "model_load_failed")
         except Exception as error:  # no port free, a GGUF download that failed, ...: still an OpenAI error
             return await self._fail(alias, early, 502, f"{alias}: {error}", "model_load_failed")
+
+    async def _up(self, alias: str, early: Early) -> Instance:
+        """pool.up(alias); with SSE begun, a comment every KEEPALIVE_INTERVAL_S until it returns."""
+        if early is None:
+            return await self.pool.up(alias)
+        loading = asyncio.ensure_future(self.pool.up(alias))
+        try:
+            while not loading.done():
+                await asyncio.wait({loading}, timeout=KEEPALIVE_INTERVAL_S)
+                if not loading.done():
+                    await early.write(f": loading {alias} ({self._stage(alias)})\n\n".encode())
+            return loading.result()
         finally:
             if not loading.done():
                 loading.cancel()
-        return None
 
     def _stage(self, alias: str) -> str:
-        instance = self.pool.instances.get(alias)
+        instance = self.pool.get(alias)
         return (instance.stage or instance.state.value) if instance else "placing"
 
     async def _fail(self, alias: str, early: Early, status: int, message: str, code: str,
@@ -206,9 +270,9 @@ class Gateway:
             return early
         return openai_error(status, message, type_="server_error", code=code, headers=headers)
 
-    async def _forward(self, request: web.Request, instance: Instance, body: bytes,
-                       early: web.StreamResponse | None, started: float) -> web.StreamResponse:
-        url = f"{instance.endpoint.removesuffix('/v1')}{request.rel_url}"
+    async def _forward(self, request: web.Request, instance: Instance, path: str, body: bytes,
+                       early: Early, started: float) -> web.StreamResponse:
+        url = _upstream_url(instance.endpoint, path, request.rel_url.raw_query_string)
         headers = {name: request.headers[name] for name in _FORWARDED_REQUEST_HEADERS if name in request.headers}
         if instance.api_key:
             headers["Authorization"] = f"Bearer {instance.api_key}"
@@ -216,20 +280,31 @@ class Gateway:
             self.metrics.latency.labels(instance.alias).observe(time.perf_counter() - started)
             if upstream.status >= 400:
                 self.metrics.errors.labels(instance.alias, str(upstream.status)).inc()
+                return await _upstream_error(instance.alias, upstream, early)
             if early is not None:
-                return await _copy_into_sse(upstream, early)
+                return await self._relay(instance.alias, upstream, early)
             if not _is_stream(upstream):
                 payload = await upstream.read()
                 return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream))
             response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
             await response.prepare(request)
+            return await self._relay(instance.alias, upstream, response)
+
+    async def _relay(self, alias: str, upstream: aiohttp.ClientResponse,
+                     response: web.StreamResponse) -> web.StreamResponse:
+        """Copy a (streamed) upstream body into a started response; a broken upstream ends it
+        with an SSE error event, as nothing else can be said once the status line is out."""
+        try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-            await response.write_eof()
+        except aiohttp.ClientError as error:
+            self.metrics.errors.labels(alias, "502").inc()
+            await _sse_error(response, f"{alias}: upstream vllm serve broke off: {error.__class__.__name__}: {error}")
             return response
+        await response.write_eof()
+        return response
 
-
-    async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _send(self, method: str, url: str | URL, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send upstream; once more on a fresh connection if a pooled one was closed under us.
 
         A disconnect before any response byte means vLLM never took the request, so sending
@@ -239,6 +314,102 @@ class Gateway:
             return await self._client().request(method, url, data=body or None, headers=headers)
         except aiohttp.ServerDisconnectedError:
             return await self._client().request(method, url, data=body or None, headers=headers)
+
+
+class AcceptErrorLog:
+    """An event-loop exception handler that keeps accept() failures from flooding the log.
+
+    Out of file descriptors (or socket memory), asyncio's server logs `socket.accept() out
+    of system resource` with a traceback and retries a second later, for as long as the
+    condition lasts, for every listening socket. This says it once, then at most once per
+    ACCEPT_ERROR_LOG_INTERVAL_S with a count; every other loop error goes to the handler
+    that was installed before (or asyncio's default).
+    """
+
+    def __init__(self, previous: ExceptionHandler | None) -> None:
+        self.previous = previous
+        self._unreported = 0
+        self._last_report = float("-inf")
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES and "accept" in context.get("message", ""):
+            self._note(error)
+        elif self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _note(self, error: OSError) -> None:
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._last_report < ACCEPT_ERROR_LOG_INTERVAL_S:
+            return
+        log.warning("cannot accept connections: %s (%d failed accept(s) since the last warning; retried every "
+                    "second). Raise the open-file limit (LimitNOFILE=) or find what holds the descriptors.",
+                    error.strerror or error, self._unreported)
+        self._unreported = 0
+        self._last_report = now
+
+
+def upstream_path(path: str) -> str | None:
+    """The decoded request path with `.` and `..` resolved, if it stays under /v1/; else None.
+
+    aiohttp routes on the path as sent (`/v1/../metrics` matches `/v1/{tail}`), while any
+    URL parser between here and vLLM would resolve the dots, so the path sent upstream is
+    the resolved one. Empty segments are dropped too.
+    """
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if not segments:
+                return None
+            segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    if len(segments) < 2 or segments[0] != "v1":
+        return None
+    return "/" + "/".join(segments)
+
+
+def _upstream_url(endpoint: str, path: str, raw_query: str) -> URL:
+    """endpoint's origin + path (re-encoded, no dot segments) + the query exactly as sent."""
+    target = endpoint.removesuffix("/v1") + quote(path, safe=_PATH_SAFE)
+    return URL(f"{target}?{raw_query}" if raw_query else target, encoded=True)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole request body: 413 over MAX_BODY_BYTES (declared or counted), 408 if it is
+    not all there within READ_DEADLINE_S."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=declared)
+    try:
+        async with asyncio.timeout(READ_DEADLINE_S):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {READ_DEADLINE_S:g} s") from None
+
+
+def _shaped_http_error(request: web.Request, error: web.HTTPException) -> web.Response:
+    kind = "server_error" if error.status >= 500 else "invalid_request_error"
+    keep = {name: value for name, value in error.headers.items() if name.lower() in ("allow", "retry-after")}
+    response = openai_error(error.status, _http_error_message(request, error), type_=kind,
+                            code=_HTTP_ERROR_CODES.get(error.status), headers=keep)
+    if error.status in (408, 413):
+        response.force_close()  # the rest of the body is not worth waiting for
+    return response
+
+
+def _http_error_message(request: web.Request, error: web.HTTPException) -> str:
+    where = f"{request.method} {request.path}"
+    if error.status == 404:
+        return f"unknown URL: {where}; the gateway serves the OpenAI API under /v1/ (GET /v1/models lists the models)"
+    if error.status == 405:
+        return f"method not allowed: {where} (allowed: {error.headers.get('Allow', 'none')})"
+    if error.status == 413:
+        return f"request body too large: the gateway accepts at most {MAX_BODY_BYTES} bytes"
+    return error.text or error.reason
 
 
 def _requested_model(request: web.Request, body: bytes) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -266,6 +437,50 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
     return {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
 
 
+def _openai_error_json(raw: bytes) -> dict[str, Any] | None:
+    """raw parsed, if it is an OpenAI-shaped error object ({"error": {"message": ...}})."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and "message" in parsed["error"]:
+        return parsed
+    return None
+
+
+def _upstream_error_text(raw: bytes) -> str:
+    """What a non-OpenAI-shaped upstream error says: a JSON `message` or `detail`, else the text."""
+    text = raw.decode("utf-8", "replace").strip()
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(text)
+        if isinstance(parsed, dict):
+            said = parsed.get("message", parsed.get("detail"))
+            if said is not None:
+                text = said if isinstance(said, str) else json.dumps(said)
+    return text[:UPSTREAM_ERROR_EXCERPT] or "(empty body)"
+
+
+async def _upstream_error(alias: str, upstream: aiohttp.ClientResponse, early: Early) -> web.StreamResponse:
+    """vLLM answered an error: its OpenAI-shaped errors pass as they are; anything else (a plain
+    text 500, a framework's {"detail": ...}) is wrapped, as 502 if vLLM failed (5xx)."""
+    raw = await upstream.read()
+    shaped = _openai_error_json(raw)
+    if shaped is not None:
+        if early is None:
+            return web.Response(status=upstream.status, body=raw, headers=_response_headers(upstream))
+        with contextlib.suppress(ConnectionError):
+            await early.write(f"data: {json.dumps(shaped)}\n\n".encode())
+            await early.write_eof()
+        return early
+    message = f"{alias}: vllm serve answered {upstream.status} {upstream.reason or ''}: {_upstream_error_text(raw)}"
+    if early is not None:
+        await _sse_error(early, message)
+        return early
+    client_error = upstream.status < 500
+    return openai_error(upstream.status if client_error else 502, message,
+                        type_="invalid_request_error" if client_error else "server_error", code="upstream_error")
+
+
 async def _start_sse(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     response = web.StreamResponse(status=200, headers=headers)
@@ -278,20 +493,3 @@ async def _sse_error(response: web.StreamResponse, message: str, *, code: str = 
     with contextlib.suppress(ConnectionError):
         await response.write(f"data: {json.dumps(error)}\n\n".encode())
         await response.write_eof()
-
-
-async def _copy_into_sse(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> web.StreamResponse:
-    """The client already has SSE headers (sent while loading): relay the upstream body."""
-    if upstream.status >= 400:
-        text = (await upstream.read()).decode("utf-8", "replace")
-        try:
-            await response.write(f"data: {json.dumps(json.loads(text))}\n\n".encode())
-        except ValueError:
-            await _sse_error(response, text)
-            return response
-    else:
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-    await response.write_eof()
-    return response
-

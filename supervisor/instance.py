@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from typing import Any
 from .command import ServeCommand, build_serve_command
 from .config import ModelEntry, Settings
 from .gpus import GpuInventory, NoGpuInventory, VramRelease, used_bytes, wait_vram_released
+from .listeners import port_listeners
 from .ports import url_host
 from .process import KillReport, ProcessIdentity, ServeProcess
-from .readiness import STAGE_ORDER, HealthProbe, LogFollower, classify_line, read_log_tail
+from .readiness import STAGE_ORDER, HangDetector, HealthProbe, LogFollower, classify_line, read_log_tail
 
 
 class State(StrEnum):
@@ -47,9 +49,20 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 LIVE_STATES = frozenset({State.STARTING, State.READY, State.UNHEALTHY})
 
+
+class Health(StrEnum):
+    """One health check's verdict on a ready instance."""
+
+    OK = "ok"
+    SICK = "sick"  # /health or the port: restarted after a few checks in a row
+    HUNG = "hung"  # no engine progress for probe_timeout_s: restarted at once
+
 # Consecutive failed health checks after which a ready instance is restarted. vLLM answers
 # 503 once its engine is dead and exits a few seconds later, so a few checks is enough.
 UNHEALTHY_CHECKS_BEFORE_RESTART = 3
+# An idle engine is asked for one token every this many health intervals (a busy one is
+# judged by its own counters, never probed).
+IDLE_PROBE_EVERY_INTERVALS = 5
 # An instance that stayed ready this long has its restart count forgiven.
 RESTART_FORGIVE_AFTER_S = 600.0
 LOG_FILES_KEPT = 20
@@ -166,7 +179,9 @@ class Instance:
         self.log_dir = log_dir
         self.inventory = inventory or NoGpuInventory()
         self.model_source = model_source
-        self.api_key = api_key
+        # The instance's own key (vLLM reads VLLM_API_KEY): only the supervisor and the gateway
+        # can use the backend, and a foreign server on our port cannot pass for ours.
+        self.api_key = api_key or secrets.token_urlsafe(24)
         self.events: list[Event] = []
         self.restarts = 0
         self.launched_pids: list[int] = []  # every `vllm serve` this instance started, in order
@@ -345,7 +360,10 @@ class Instance:
                 launch = True
             except StartFailed as failure:
                 self.last_error = failure
-                await self._end_process()
+                cleanup = await self._end_process()
+                if cleanup.survivors:
+                    self._enter(State.FAILED, f"{failure.reason}; {self._survivors_block(cleanup)}")
+                    return
                 if first_start or self.restarts >= self.settings.max_restarts:
                     self._enter(State.FAILED, failure.reason)
                     return
@@ -359,6 +377,9 @@ class Instance:
             self.last_error = StartFailed(self.alias, reason, exit_code=self._exit_code(),
                                           log_tail=self.log_tail(), log_path=self.log_path)
             cleanup = await self._end_process()
+            if cleanup.survivors:
+                self._enter(State.FAILED, f"{reason}; {self._survivors_block(cleanup)}")
+                return
             self._note(f"{reason}; what was left of the tree is gone: {cleanup.proof()}")
             if self._shutdown_coming:
                 return
@@ -366,6 +387,10 @@ class Instance:
                 self._enter(State.FAILED, f"{reason}; gave up after {self.restarts} restart(s)")
                 return
             await self._backoff(reason)
+
+    @staticmethod
+    def _survivors_block(cleanup: StopResult) -> str:
+        return f"not restarted: processes of the old tree survived SIGKILL ({cleanup.survivors})"
 
     async def _backoff(self, reason: str) -> None:
         delay = min(self.settings.restart_backoff_s * (2 ** self.restarts), self.settings.restart_backoff_max_s)
@@ -429,7 +454,7 @@ class Instance:
                 now = time.monotonic()
                 if announced_ready or now >= next_http_check:
                     next_http_check = now + 0.5
-                    if await probe.ready():
+                    if await probe.ready() and self._port_is_ours(process, during_load=True):
                         self._vram_running = self._vram_reading()
                         process.refresh()
                         return
@@ -450,6 +475,19 @@ class Instance:
             follower.close()
             await probe.close()
 
+    def _port_is_ours(self, process: ServeProcess, *, during_load: bool) -> bool:
+        """Whether our own tree, and nobody else, listens on our port.
+
+        A foreign listener during the load means another server holds our port (vLLM binds
+        before it listens, so the port looked free): the start fails with that reason rather
+        than sending our requests to a stranger.
+        """
+        listeners = port_listeners(self.placement.port, [m.pid for m in process.refresh()])
+        if listeners.foreign and during_load:
+            raise StartFailed(self.alias, f"{listeners.describe()}: another server answers on our port; "
+                              "it will be placed on another port on the next start", log_path=self.log_path)
+        return listeners.owned
+
     def _follow_stages(self, lines: list[str]) -> bool:
         announced_ready = False
         for line in lines:
@@ -467,6 +505,8 @@ class Instance:
         assert self._process is not None
         process = self._process
         probe = HealthProbe(self.endpoint.removesuffix("/v1"), self.entry.served_name, self.api_key)
+        interval = self.settings.health_interval_s
+        hangs = HangDetector(self.settings.probe_timeout_s, interval * IDLE_PROBE_EVERY_INTERVALS)
         failed_checks = 0
         try:
             while True:
@@ -476,8 +516,10 @@ class Instance:
                 process.refresh()
                 if self.ready_since and time.time() - self.ready_since > RESTART_FORGIVE_AFTER_S:
                     self.restarts = 0
-                healthy, why = await self._check(probe)
-                if healthy:
+                verdict, why = await self._check(probe, process, hangs)
+                if verdict is Health.HUNG:
+                    return why  # the detector's window already spans probe_timeout_s: restart now
+                if verdict is Health.OK:
                     if self._state is State.UNHEALTHY:
                         self._enter(State.READY, "healthy again")
                     failed_checks = 0
@@ -490,13 +532,27 @@ class Instance:
         finally:
             await probe.close()
 
-    async def _check(self, probe: HealthProbe) -> tuple[bool, str]:
+    async def _check(self, probe: HealthProbe, process: ServeProcess, hangs: HangDetector) -> tuple[Health, str]:
         status = await probe.health()
         if status != 200:
-            return False, "/health did not answer" if status is None else f"/health answered {status}"
-        if self.settings.liveness_probe and not await probe.generates(self.settings.probe_timeout_s):
-            return False, f"1-token probe got no answer within {self.settings.probe_timeout_s:.0f}s"
-        return True, "ok"
+            return Health.SICK, "/health did not answer" if status is None else f"/health answered {status}"
+        if not self._port_is_ours(process, during_load=False):
+            return Health.SICK, f"port {self.placement.port} is no longer ours alone"
+        if not self.settings.liveness_probe:
+            return Health.OK, "ok"
+        return await self._engine_alive(probe, hangs)
+
+    async def _engine_alive(self, probe: HealthProbe, hangs: HangDetector) -> tuple[Health, str]:
+        """A busy engine must show progress in vLLM's counters; an idle one must give a token."""
+        load = await probe.engine_load()
+        now = time.monotonic()
+        if load is not None and load.busy > 0:
+            hung = hangs.busy(load, now)
+            return (Health.HUNG, hung) if hung else (Health.OK, "ok")
+        if hangs.idle_probe_due(load, now) and not await probe.generates(self.settings.probe_timeout_s):
+            timeout = self.settings.probe_timeout_s
+            return Health.HUNG, f"engine hung: a 1-token request got no answer within {timeout:g}s"
+        return Health.OK, "ok"
 
     async def _end_process(self) -> StopResult:
         # The process stays recorded until the kill completes, so that a stop that cancels
@@ -506,8 +562,8 @@ class Instance:
             return StopResult(self.alias, 0.0, was_running=False)
         report: KillReport = await process.kill_tree(self.settings.stop_grace_s)
         vram = await self._prove_vram_released(process.known_members())
-        if self._process is process:
-            self._process = None
+        if self._process is process and report.clean:
+            self._process = None  # kept while anything survives, so the record and port stay held
         self.stage = None
         return StopResult(self.alias, report.took_s + (vram.seconds if vram else 0.0), was_running=True,
                           sigkilled=report.sigkilled, survivors=report.survivors,

@@ -23,6 +23,7 @@ from .command import build_serve_command
 from .config import Config, ModelEntry
 from .gpus import GpuInventory, GpuUnavailableError, choose_gpus, detect_inventory
 from .instance import LIVE_STATES, Event, Instance, Placement, State, StopResult
+from .listeners import port_listeners
 from .locations import log_dir as logs_in
 from .ports import PortAllocator, url_host
 from .process import ServeProcess
@@ -32,6 +33,14 @@ from .statefile import InstanceRecord, StateStore
 
 class CapacityError(RuntimeError):
     """Nothing free to place an instance on, and nothing idle to evict."""
+
+
+class PoolClosed(CapacityError):
+    """The pool is shutting down: nothing new starts."""
+
+
+class ConfigRejected(ValueError):
+    """A new config that cannot be applied to a running pool (the running one is kept)."""
 
 
 @dataclass
@@ -83,6 +92,7 @@ class Pool:
         self.listeners: list[Callable[[Instance, Event], None]] = []
         self.stop_listeners: list[Callable[[StopResult], None]] = []
         self._ttl_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def state_dir(self) -> Path:
@@ -98,23 +108,37 @@ class Pool:
 
     # -- placing and starting -----------------------------------------------------------
     async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Instance:
-        """Start `alias` unless it is live already (then join it); with wait, until ready."""
-        entry = self.config.entry(alias)
+        """Start `alias` unless it is live already (then join it); with wait, until ready.
+
+        Placement runs under the pool's lock, the same lock a config reload and a shutdown
+        take, so a start never uses an entry a reload has just replaced and nothing starts
+        once shutdown has begun.
+        """
+        self.config.entry(alias)  # unknown alias -> clear error
+        self._refuse_if_closing(alias)
         instance = self.instances.get(alias)
         if instance is None or instance.state not in LIVE_STATES:
             async with self._placing:
+                self._refuse_if_closing(alias)
                 instance = self.instances.get(alias)
                 if instance is None or instance.state not in LIVE_STATES:
-                    instance = await self._place(entry, instance)
+                    instance = await self._place(self.config.entry(alias), instance)
                     await instance.start()
         if wait:
             await instance.wait_ready(timeout)
         return instance
 
+    def _refuse_if_closing(self, alias: str) -> None:
+        if self._closing:
+            raise PoolClosed(f"{alias}: not started, bawt-vllm is shutting down")
+
     async def _place(self, entry: ModelEntry, previous: Instance | None) -> Instance:
         if previous is not None:
-            await previous.stop()
+            result = await previous.stop()
             self._release(previous)
+            if result.survivors:
+                raise CapacityError(f"{entry.alias}: not started, processes of its previous start survive "
+                                    f"SIGKILL ({result.survivors})")
         gpus = await self._gpus_for(entry)
         port = self.ports.reserve(entry.port)
         api_key = os.environ.get(entry.api_key_env) if entry.api_key_env else None
@@ -146,6 +170,7 @@ class Pool:
         waiting up to eviction_wait_s for a busy one to finish its requests."""
         deadline = time.monotonic() + self.config.settings.eviction_wait_s
         while True:
+            self._refuse_if_closing(entry.alias)
             try:
                 return self._try_gpus_for(entry)
             except (GpuUnavailableError, CapacityError) as busy:
@@ -263,13 +288,64 @@ class Pool:
         return expired
 
     async def close(self) -> list[StopResult]:
+        """Stop everything; from the first line on, nothing new starts (loads waiting for
+        capacity give up, and a placement under way finishes before the stops begin)."""
+        self._closing = True
         for instance in self.instances.values():
             instance.expect_shutdown()
+        async with self._idle:
+            self._idle.notify_all()
         if self._ttl_task is not None:
             self._ttl_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ttl_task
-        return await self.down_all()
+        async with self._placing:
+            for instance in self.instances.values():
+                instance.expect_shutdown()
+            return await self.down_all()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # -- reload -----------------------------------------------------------------------------
+    async def apply_config(self, new: Config) -> list[str]:
+        """Adopt a new config under the placement lock: stop instances whose entry changed or
+        vanished (verified gone before the new entry can start), keep the rest running.
+
+        Raises ConfigRejected, keeping the running config, for what only a restart can change.
+        """
+        self._check_applicable(new)
+        async with self._placing:
+            changes = []
+            for alias in list(self.instances):
+                why = self._reload_reason(alias, new)
+                if why is None:
+                    continue
+                result = await self.down(alias, reason=f"config reload: {why}")
+                changes.append(f"{alias}: {why}, stopped ({result.summary()})")
+                if self.instances[alias].process is None:
+                    del self.instances[alias]
+            changes += [f"{alias}: added" for alias in new.models if alias not in self.config.models]
+            self.config = new
+            self.ports.low, self.ports.high = new.settings.port_range
+            return changes
+
+    def _reload_reason(self, alias: str, new: Config) -> str | None:
+        entry = new.models.get(alias)
+        if entry is None:
+            return "removed from the config"
+        old = self.config.models.get(alias)
+        if old is None or entry_fingerprint(entry, new) != entry_fingerprint(old, self.config):
+            return "entry changed (starts again on demand)"
+        return None
+
+    def _check_applicable(self, new: Config) -> None:
+        old = self.config.settings
+        fixed = [key for key in ("state_dir", "host") if getattr(new.settings, key) != getattr(old, key)]
+        if fixed:
+            raise ConfigRejected(f"bawt_vllm.{', bawt_vllm.'.join(fixed)} changed: that needs a restart of "
+                                 "bawt-vllm (running models are recorded under the old value); config not reloaded")
 
     # -- records and recovery ---------------------------------------------------------------
     def _on_event(self, instance: Instance, event: Event) -> None:
@@ -290,6 +366,7 @@ class Pool:
             served_name=instance.entry.served_name, started_at=time.time(),
             config_fingerprint=entry_fingerprint(instance.entry, self.config),
             members=[[m.pid, m.create_time] for m in process.known_members()],
+            token=process.token, api_key=instance.api_key,
         ))
 
     async def recover(self, *, adopt: bool = True) -> RecoveryReport:
@@ -298,12 +375,12 @@ class Pool:
         report = RecoveryReport()
         for record in self.store.load_all():
             process = ServeProcess.adopt(record.root, pgid=record.pgid, sid=record.sid,
-                                         known=record.member_identities())
-            if not process.refresh():
+                                         known=record.member_identities(), token=record.token)
+            if not process.refresh(everywhere=True):
                 self.store.remove(record.alias)
                 report.gone.append(record.alias)
                 continue
-            if adopt and await self._adoptable(record):
+            if adopt and await self._adoptable(record, process):
                 await self._adopt(record, process)
                 report.adopted.append(record.alias)
                 continue
@@ -314,12 +391,15 @@ class Pool:
                 self.store.remove(record.alias)
         return report
 
-    async def _adoptable(self, record: InstanceRecord) -> bool:
+    async def _adoptable(self, record: InstanceRecord, process: ServeProcess) -> bool:
+        """Still configured unchanged, answering with its own key, and the port is its own."""
         entry = self.config.models.get(record.alias)
         if entry is None or entry_fingerprint(entry, self.config) != record.config_fingerprint:
             return False
+        if not port_listeners(record.port, [m.pid for m in process.refresh()]).owned:
+            return False
         base = f"http://{url_host(self.config.settings.host)}:{record.port}"
-        probe = HealthProbe(base, record.served_name)
+        probe = HealthProbe(base, record.served_name, record.api_key)
         try:
             return await probe.ready()
         finally:
@@ -329,7 +409,7 @@ class Pool:
         entry = self.config.entry(record.alias)
         self.ports.claim(record.port)
         instance = Instance(entry, self.config.settings, Placement(record.port, tuple(record.gpus)),
-                            log_dir=self.log_dir, inventory=self.inventory)
+                            log_dir=self.log_dir, inventory=self.inventory, api_key=record.api_key)
         instance.add_listener(self._on_event)
         self.instances[record.alias] = instance
         self.usage.setdefault(record.alias, Usage())

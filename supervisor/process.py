@@ -5,6 +5,14 @@ everything we have ever seen below the root plus everything still in the root's 
 That matters because vLLM's API server forks `VLLM::EngineCore`, which forks the workers;
 when the API server dies hard they are re-parented away from it but keep its session and
 process group, so that is how they are found again. Nothing here ever looks at names.
+
+Only processes *proven* ours are ever signalled: a recorded identity that still matches
+(pid and start time), a descendant of one, a member of a session or process group that a
+proven member still belongs to (Linux does not hand out a pid while a session or group of
+that number exists, so such a session cannot be a stranger's), or a process that carries
+this tree's random token in its environment (an escapee that left the session, found
+among the supervisor's adopted orphans or, at a stop, anywhere). A stale record whose pid
+was reused by another program names nothing proven, so nothing is signalled.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -24,6 +33,22 @@ import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+
+TREE_TOKEN_ENV = "BAWT_VLLM_TREE"
+"""Every process of a tree we start inherits this variable, holding the tree's random token."""
+
+
+def new_tree_token() -> str:
+    return secrets.token_hex(16)
+
+
+def carries_token(pid: int, token: str) -> bool:
+    """Whether pid's environment holds our tree's token (readable for our own user's processes)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return f"{TREE_TOKEN_ENV}={token}".encode() in handle.read().split(b"\0")
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True, order=True)
@@ -105,10 +130,12 @@ class ServeProcess:
         sid: int,
         popen: subprocess.Popen[bytes] | None = None,
         known: Iterable[ProcessIdentity] = (),
+        token: str | None = None,
     ) -> None:
         self.root = root
         self.pgid = pgid
         self.sid = sid
+        self.token = token
         self._popen = popen
         self._known: set[ProcessIdentity] = {root, *known}
         self._exit_code: int | None = None
@@ -129,27 +156,29 @@ class ServeProcess:
         signal fires when the *thread* that forked exits.
         """
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        token = new_tree_token()
         with open(log_path, "ab", buffering=0) as log:
             popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(env),
+                env={**env, TREE_TOKEN_ENV: token},
                 cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_child_setup,
                 close_fds=True,
             )
         identity = ProcessIdentity.of(popen.pid) or ProcessIdentity(popen.pid, time.time())
-        return cls(identity, pgid=popen.pid, sid=popen.pid, popen=popen)
+        return cls(identity, pgid=popen.pid, sid=popen.pid, popen=popen, token=token)
 
     @classmethod
     def adopt(
-        cls, root: ProcessIdentity, *, pgid: int, sid: int, known: Iterable[ProcessIdentity] = ()
+        cls, root: ProcessIdentity, *, pgid: int, sid: int, known: Iterable[ProcessIdentity] = (),
+        token: str | None = None,
     ) -> ServeProcess:
         """Take charge of a tree a previous supervisor started (not our child)."""
-        return cls(root, pgid=pgid, sid=sid, known=known)
+        return cls(root, pgid=pgid, sid=sid, known=known, token=token)
 
     # -- observing --------------------------------------------------------------------
     @property
@@ -173,43 +202,41 @@ class ServeProcess:
     def running(self) -> bool:
         return self.exit_code() is None
 
-    def refresh(self) -> list[ProcessIdentity]:
-        """Record every live member of the tree and return them.
+    def refresh(self, *, everywhere: bool = False) -> list[ProcessIdentity]:
+        """Record every live member of the tree, proven ours, and return them.
 
-        Members: the root, its descendants, any process still in its session, and any we
-        recorded before (an escaped child that called setsid is only known this way).
+        Members: recorded identities that still match, their descendants, processes in a
+        session or group a proven member is in, and token carriers among our own children
+        (an escapee re-parented to us, the subreaper). With everywhere, token carriers are
+        looked for among all processes (at a stop, and for a tree a previous supervisor left).
         """
-        live: dict[int, ProcessIdentity] = {}
-        for ident in self._known:
-            if ident.alive():
-                live[ident.pid] = ident
-        for proc in self._descendants() + self._session_members():
-            found = ProcessIdentity.of(proc.pid)
-            if found is not None and found.alive():
-                live[found.pid] = found
-        self._known |= set(live.values())
-        return sorted(live.values())
+        proven = {ident.pid: ident for ident in self._known if ident.alive()}
+        found: list[psutil.Process] = []
+        for ident in list(proven.values()):
+            found += _descendants(ident)
+        if self._group_or_session_proven(proven.values()):
+            found += self._session_and_group_members()
+        if self.token is not None:
+            found += _token_carriers(self.token, everywhere=everywhere)
+        for proc in found:
+            identity = ProcessIdentity.of(proc.pid)
+            if identity is not None and identity.alive() and proc.pid != os.getpid():
+                proven[identity.pid] = identity
+        self._known |= set(proven.values())
+        return sorted(proven.values())
 
     def known_members(self) -> list[ProcessIdentity]:
         return sorted(self._known)
 
-    def _descendants(self) -> list[psutil.Process]:
-        proc = self.root.process()
-        if proc is None:
-            return []
-        try:
-            return proc.children(recursive=True)
-        except psutil.Error:
-            return []
+    def _group_or_session_proven(self, members: Iterable[ProcessIdentity]) -> bool:
+        """Whether a process proven ours is still in our session or process group."""
+        return any(_in_group_or_session(m.pid, self.pgid, self.sid) for m in members)
 
-    def _session_members(self) -> list[psutil.Process]:
+    def _session_and_group_members(self) -> list[psutil.Process]:
         members = []
         for proc in psutil.process_iter():
-            try:
-                if proc.pid != os.getpid() and os.getsid(proc.pid) == self.sid:
-                    members.append(proc)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
+            if proc.pid != os.getpid() and _in_group_or_session(proc.pid, self.pgid, self.sid):
+                members.append(proc)
         return members
 
     async def wait_exit(self, timeout: float | None = None) -> int | None:
@@ -233,14 +260,16 @@ class ServeProcess:
         Returns only when no member of the tree is alive (or reports the survivors).
         """
         started = time.monotonic()
-        self.refresh()
+        members = self.refresh(everywhere=True)
         report = KillReport(took_s=0.0)
-        self._signal_group(signal.SIGTERM)
-        _signal(self.root, signal.SIGTERM)  # in case the root left its group
+        self._signal_group(signal.SIGTERM, members)
+        for member in members:
+            if not _in_group_or_session(member.pid, self.pgid, -1):
+                _signal(member, signal.SIGTERM)  # the root if it left its group, escapees
         await self._wait_gone(grace_s)
-        leftovers = self.refresh()
+        leftovers = self.refresh(everywhere=True)
         if leftovers:
-            self._signal_group(signal.SIGKILL)
+            self._signal_group(signal.SIGKILL, leftovers)
             for member in leftovers:
                 _signal(member, signal.SIGKILL)
             report.sigkilled = [m.pid for m in leftovers]
@@ -251,7 +280,10 @@ class ServeProcess:
         report.took_s = time.monotonic() - started
         return report
 
-    def _signal_group(self, sig: int) -> None:
+    def _signal_group(self, sig: int, members: Iterable[ProcessIdentity]) -> None:
+        """Signal our process group, only while a member proven ours is in it."""
+        if not any(_in_group_or_session(m.pid, self.pgid, -1) for m in members):
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
 
@@ -277,6 +309,33 @@ class ServeProcess:
                 continue
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(member.pid, os.WNOHANG)
+
+
+def _in_group_or_session(pid: int, pgid: int, sid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pgid or os.getsid(pid) == sid
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _descendants(ident: ProcessIdentity) -> list[psutil.Process]:
+    proc = ident.process()
+    if proc is None:
+        return []
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _token_carriers(token: str, *, everywhere: bool) -> list[psutil.Process]:
+    """Processes carrying a tree's token: among our own children (orphans re-parented to the
+    subreaper), or among every process of ours when `everywhere`."""
+    try:
+        candidates = psutil.process_iter() if everywhere else psutil.Process().children()
+        return [proc for proc in candidates if proc.pid != os.getpid() and carries_token(proc.pid, token)]
+    except psutil.Error:
+        return []
 
 
 def _signal(member: ProcessIdentity, sig: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -102,6 +103,73 @@ def read_log_tail(path: Path, count: int = 20) -> list[str]:
     return lines[-count:]
 
 
+# vLLM's own metrics that say whether the engine has work, and counters that move whenever
+# it does some (a generated token, a finished prefill, an engine step, a finished request).
+_BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+_PROGRESS_COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total",
+                      "vllm:iteration_tokens_total_count", "vllm:request_success_total")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What vLLM's /metrics says about its engine: requests it holds, and how far it has got."""
+
+    busy: float
+    progress: tuple[float, ...]
+
+
+def parse_engine_metrics(text: str) -> EngineLoad | None:
+    """Sum each metric over its label sets; None when the text has none of vLLM's gauges."""
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) not in (*_BUSY_GAUGES, *_PROGRESS_COUNTERS):
+            continue
+        try:
+            sums[match.group(1)] = sums.get(match.group(1), 0.0) + float(match.group(3))
+        except ValueError:
+            continue
+    if not any(name in sums for name in _BUSY_GAUGES):
+        return None
+    return EngineLoad(busy=sum(sums.get(name, 0.0) for name in _BUSY_GAUGES),
+                      progress=tuple(sums.get(name, 0.0) for name in _PROGRESS_COUNTERS))
+
+
+class HangDetector:
+    """Tells a hung engine from a busy one.
+
+    While vLLM holds requests, its counters move with every engine step; a busy engine that
+    has not moved any of them for `window_s` is hung. An idle engine says nothing by its
+    counters, so it is asked for one token now and then (`idle_probe_due`).
+    """
+
+    def __init__(self, window_s: float, idle_probe_every_s: float) -> None:
+        self.window_s = window_s
+        self.idle_probe_every_s = idle_probe_every_s
+        self._progress: tuple[float, ...] | None = None
+        self._moved_at = time.monotonic()
+        self._probed_at = time.monotonic()
+
+    def busy(self, load: EngineLoad, now: float) -> str | None:
+        """Observe a busy engine; why it is hung, or None while it makes progress."""
+        if load.progress != self._progress:
+            self._progress, self._moved_at = load.progress, now
+            return None
+        stuck = now - self._moved_at
+        if stuck >= self.window_s:
+            return f"engine hung: {load.busy:.0f} request(s) held and no progress for {stuck:.1f}s"
+        return None
+
+    def idle_probe_due(self, load: EngineLoad | None, now: float) -> bool:
+        if load is not None:
+            self._progress, self._moved_at = load.progress, now
+        if now - self._probed_at < self.idle_probe_every_s:
+            return False
+        self._probed_at = now
+        return True
+
+
 class HealthProbe:
     """HTTP checks against one instance's own endpoint."""
 
@@ -143,6 +211,18 @@ class HealthProbe:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return False
         return any(item.get("id") == self.served_name for item in body.get("data", []))
+
+    async def engine_load(self, timeout_s: float = 2.0) -> EngineLoad | None:
+        """vLLM's view of its engine from GET /metrics; None if it has no such metrics."""
+        try:
+            async with self._client().get(
+                f"{self.base_url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                if response.status != 200:
+                    return None
+                return parse_engine_metrics(await response.text(errors="replace"))
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
 
     async def ready(self) -> bool:
         return await self.health() == 200 and await self.lists_model()

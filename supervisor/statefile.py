@@ -33,6 +33,29 @@ class InstanceRecord:
     started_at: float
     config_fingerprint: str = ""
     members: list[list[float]] = field(default_factory=list)  # [pid, create_time] pairs
+    token: str | None = None  # the tree's token (process.TREE_TOKEN_ENV), to find escapees
+    api_key: str | None = None  # the instance's own key, so a next supervisor can probe it
+
+    @classmethod
+    def from_json(cls, data: object) -> InstanceRecord:
+        """A record from parsed JSON; ValueError unless every field has the right type."""
+        if not isinstance(data, dict):
+            raise ValueError("a record must be a JSON object")
+        unknown = set(data) - set(_FIELD_TYPES)
+        missing = {name for name in _REQUIRED if name not in data}
+        if unknown or missing:
+            raise ValueError(f"unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
+        for name, value in data.items():
+            if not _has_type(value, _FIELD_TYPES[name]):
+                raise ValueError(f"field {name!r} has the wrong type")
+        members = data.get("members", [])
+        if not all(isinstance(m, list) and len(m) == 2 and all(_has_type(x, "number") for x in m) for m in members):
+            raise ValueError("members must be [pid, start time] pairs")
+        if not all(isinstance(g, int) and not isinstance(g, bool) for g in data["gpus"]):
+            raise ValueError("gpus must be integers")
+        if min(data["pid"], data["pgid"], data["sid"]) <= 1 or not data["alias"]:
+            raise ValueError("pid, pgid and sid must be > 1, and alias not empty")
+        return cls(**data)
 
     @property
     def root(self) -> ProcessIdentity:
@@ -40,6 +63,30 @@ class InstanceRecord:
 
     def member_identities(self) -> list[ProcessIdentity]:
         return [ProcessIdentity(int(pid), float(created)) for pid, created in self.members]
+
+
+_FIELD_TYPES: dict[str, str] = {
+    "alias": "str", "pid": "int", "create_time": "number", "pgid": "int", "sid": "int", "port": "int",
+    "gpus": "list", "log": "str?", "served_name": "str", "started_at": "number", "config_fingerprint": "str",
+    "members": "list", "token": "str?", "api_key": "str?",
+}
+_REQUIRED = ("alias", "pid", "create_time", "pgid", "sid", "port", "gpus", "served_name", "started_at")
+
+
+def _has_type(value: object, kind: str) -> bool:
+    if kind.endswith("?"):
+        return value is None or _has_type(value, kind[:-1])
+    if isinstance(value, bool):
+        return False
+    return {"str": isinstance(value, str), "int": isinstance(value, int),
+            "number": isinstance(value, int | float), "list": isinstance(value, list)}[kind]
+
+
+def record_file_name(alias: str) -> str:
+    """`<alias>.json`; an alias that could leave the directory is refused (config refuses it too)."""
+    if not alias or "/" in alias or "\\" in alias or alias.startswith(".") or "\0" in alias:
+        raise ValueError(f"alias {alias!r} cannot name a state record")
+    return f"{alias}.json"
 
 
 class StateDirBusy(RuntimeError):
@@ -93,10 +140,15 @@ class StateStore:
             return records
         for path in sorted(self.directory.glob("*.json")):
             try:
-                records.append(InstanceRecord(**json.loads(path.read_text())))
-            except (ValueError, TypeError):
-                path.rename(path.with_suffix(".corrupt"))
+                record = InstanceRecord.from_json(json.loads(path.read_bytes()))
+                if record_file_name(record.alias) != path.name:
+                    raise ValueError("the alias inside does not match the file name")
+                records.append(record)
+            except (ValueError, TypeError, OSError):
+                # Unusable, never trusted: set aside for a person to look at, and never signalled.
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_suffix(".corrupt"))
         return records
 
     def _path(self, alias: str) -> Path:
-        return self.directory / f"{alias}.json"
+        return self.directory / record_file_name(alias)
