@@ -22,13 +22,16 @@ from typing import Any
 from .command import build_serve_command
 from .config import Config, ModelEntry
 from .gpus import GpuInventory, GpuUnavailableError, choose_gpus, detect_inventory
-from .instance import LIVE_STATES, Event, Instance, Placement, State, StopResult
+from .instance import LIVE_STATES, Event, Instance, Placement, StartFailed, State, StopResult
 from .listeners import port_listeners
 from .locations import log_dir as logs_in
 from .ports import PortAllocator, url_host
 from .process import ServeProcess
 from .readiness import HealthProbe
 from .statefile import InstanceRecord, StateStore
+
+
+JOIN_ATTEMPTS = 3  # how often a caller whose instance was stopped under it places it again
 
 
 class CapacityError(RuntimeError):
@@ -114,19 +117,36 @@ class Pool:
         take, so a start never uses an entry a reload has just replaced and nothing starts
         once shutdown has begun.
         """
+        for attempt in range(JOIN_ATTEMPTS):
+            instance = await self._live_instance(alias)
+            if not wait:
+                return instance
+            try:
+                await instance.wait_ready(timeout)
+                return instance
+            except StartFailed:
+                stopped_on_purpose = instance.state in (State.STOPPING, State.STOPPED)
+                if self._closing or not stopped_on_purpose or attempt == JOIN_ATTEMPTS - 1:
+                    raise
+                # The instance we joined was stopped (a reload replacing its entry, an eviction,
+                # a down): this caller still wants the model, so it is placed again.
+        raise AssertionError("unreachable")
+
+    async def _live_instance(self, alias: str) -> Instance:
+        """The live instance of alias, placed and started if there is none."""
         self.config.entry(alias)  # unknown alias -> clear error
         self._refuse_if_closing(alias)
         instance = self.instances.get(alias)
-        if instance is None or instance.state not in LIVE_STATES:
-            async with self._placing:
-                self._refuse_if_closing(alias)
-                instance = self.instances.get(alias)
-                if instance is None or instance.state not in LIVE_STATES:
-                    instance = await self._place(self.config.entry(alias), instance)
-                    await instance.start()
-        if wait:
-            await instance.wait_ready(timeout)
-        return instance
+        if instance is not None and instance.state in LIVE_STATES:
+            return instance
+        async with self._placing:
+            self._refuse_if_closing(alias)
+            entry = self.config.entry(alias)  # the entry as it is now, after any reload
+            instance = self.instances.get(alias)
+            if instance is None or instance.state not in LIVE_STATES:
+                instance = await self._place(entry, instance)
+                await instance.start()
+            return instance
 
     def _refuse_if_closing(self, alias: str) -> None:
         if self._closing:
