@@ -71,7 +71,7 @@ def test_start_ready_chat_stop_leaves_no_process(tmp_path, testbed):
         instance = await pool.up("tiny", timeout=LOAD_TIMEOUT_S)
         members = [m.pid for m in instance.process.refresh()]
         tree = names(members)
-        client = openai.AsyncOpenAI(base_url=instance.endpoint, api_key="none")
+        client = openai.AsyncOpenAI(base_url=instance.endpoint, api_key=instance.api_key, max_retries=0)
         reply = await client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=64,
             extra_body={"structured_outputs": {"regex": EXACT.replace("!", "\\!")}})
@@ -201,3 +201,79 @@ def test_on_demand_lru_eviction_waits_for_a_stream_and_sigterm_clears_all(tmp_pa
         assert daemon.stop() == 0
         assert alive(members) == []
         assert "two: gone in" in daemon.output()
+
+
+def test_real_backend_wants_its_own_key_and_a_survivor_with_api_key_env_is_adopted(tmp_path, testbed, monkeypatch):
+    monkeypatch.setenv("TINY_KEY", "tiny-s3cret")
+    config = load_config(real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed, api_key_env="TINY_KEY")}))
+    first, second = tracked(Pool(config)), tracked(Pool(config))
+
+    async def scenario():
+        instance = await first.up("tiny", timeout=LOAD_TIMEOUT_S)
+        anonymous = openai.AsyncOpenAI(base_url=instance.endpoint, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            await anonymous.models.list()
+        await anonymous.close()
+        members = [m.pid for m in instance.process.refresh()]
+        report = await second.recover(adopt=True)  # as a daemon restarted after a crash would
+        adopted = second.get("tiny")
+        state = adopted.state if adopted else None
+        first.instances.clear()
+        await second.close()
+        return report, state, members
+
+    report, state, members = run(scenario())
+    assert report.adopted == ["tiny"] and not report.stopped
+    assert state is State.READY
+    assert alive(members) == []
+
+
+def test_real_engine_stopped_is_caught_by_default_and_a_busy_one_is_not(tmp_path, testbed):
+    # Default liveness settings, except a window short enough for a test.
+    config = real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)}, probe_timeout_s=8, max_restarts=1)
+    pool = tracked(Pool(load_config(config)))
+    stopped: list[int] = []
+
+    async def sustained_streams(instance) -> list[str | None]:
+        client = openai.AsyncOpenAI(base_url=instance.endpoint, api_key=instance.api_key, max_retries=0)
+
+        async def one() -> str | None:
+            stream = await client.completions.create(model="tiny", prompt="a", max_tokens=400, stream=True,
+                                                     extra_body={"ignore_eos": True})
+            finish = None
+            async for chunk in stream:
+                finish = chunk.choices[0].finish_reason or finish
+            return finish
+
+        try:
+            return list(await asyncio.gather(*(one() for _ in range(4))))
+        finally:
+            await client.close()
+
+    async def scenario():
+        instance = await pool.up("tiny", timeout=LOAD_TIMEOUT_S)
+        began = time.monotonic()
+        finishes = await sustained_streams(instance)
+        streamed_s = time.monotonic() - began
+        restarts_while_busy = instance.restarts
+        engine = [m.pid for m in instance.process.refresh() if m.pid != instance.pid]
+        for pid in engine:
+            os.kill(pid, signal.SIGSTOP)
+        stopped.extend(engine)
+        stopped_at = time.monotonic()
+        while not any("engine hung" in e.message for e in instance.events):
+            await asyncio.wait_for(instance.wait_change(), 120)
+        detected_s = time.monotonic() - stopped_at
+        await pool.close()
+        return finishes, streamed_s, restarts_while_busy, detected_s
+
+    try:
+        finishes, streamed_s, restarts_while_busy, detected_s = run(scenario())
+    finally:
+        for pid in alive(stopped):
+            os.kill(pid, signal.SIGCONT)
+    assert finishes == ["length"] * 4
+    assert streamed_s > 8, f"the streams ran {streamed_s:.1f}s, longer than the hang window"
+    assert restarts_while_busy == 0, "a busy engine was taken for a hung one"
+    assert detected_s < 40
+    assert alive(stopped) == []
