@@ -129,16 +129,41 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def provenance() -> dict:
+    """What produced these figures: the commit, the GPU driver and the NVML binding's version.
+
+    The VRAM is held by the stand-in (torch allocations), not by a real vLLM engine.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    import pynvml
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    pynvml.nvmlInit()
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+    finally:
+        pynvml.nvmlShutdown()
+    try:
+        binding = version("nvidia-ml-py")
+    except PackageNotFoundError:
+        binding = "not installed as nvidia-ml-py"
+    return {"commit": commit or "unknown (not a git checkout)", "driver": str(driver), "nvidia_ml_py": binding,
+            "vram_held_by": "the stand-in server (torch allocations), not a real vLLM engine"}
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bawt-vram-"))
     config_path = write_config(work)
+    about = provenance()
+    print("PROVENANCE " + json.dumps(about), flush=True)
     results = [asyncio.run(scenario_stop(config_path)), asyncio.run(scenario_orphan(config_path)),
                scenario_supervisor_killed(config_path)]
     for result in results:
         print("RESULT " + json.dumps(result), flush=True)
     out = os.environ.get("OUT")
     if out:
-        Path(out, "vram_proof.json").write_text(json.dumps(results, indent=1))
+        Path(out, "vram_proof.json").write_text(json.dumps({"provenance": about, "results": results}, indent=1))
     return 0
 
 
