@@ -74,20 +74,19 @@ def kill_pool_leftovers() -> None:
     """SIGKILL every process tree a tracked pool still holds, and reap them (test teardown)."""
     import contextlib
     import os
-    import signal
 
     for pool in _POOLS:
         for instance in pool.instances.values():
             process = instance.process
             if process is None:
                 continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pgid, signal.SIGKILL)
-            for member in process.known_members():
+            # Only processes proven to be the tree's (pid + start time, descendants, its token).
+            for member in process.refresh(everywhere=True):
                 found = member.process()
                 if found is not None:
                     with contextlib.suppress(psutil.Error):
                         found.kill()
+            for member in process.known_members():
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(member.pid, 0)
     _POOLS.clear()
