@@ -37,10 +37,17 @@ def port_answers(host: str, port: int, timeout_s: float = 0.2) -> bool:
         return False
 
 
-def port_bindable(host: str, port: int) -> bool:
+def port_bindable(host: str, port: int, *, strict: bool = False) -> bool:
+    """Whether a server could bind host:port now.
+
+    strict leaves SO_REUSEADDR off, so a port another program has bound without listening
+    yet (vLLM binds its port long before it listens) counts as taken; it also counts ports
+    with connections in TIME_WAIT, which is fine when choosing among many.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not strict:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -64,7 +71,7 @@ class PortAllocator:
                 self._reserved.add(preferred)
                 return preferred
             for port in range(self.low, self.high + 1):
-                if port not in self._reserved and self._free(port):
+                if port not in self._reserved and self._free(port, strict=True):
                     self._reserved.add(port)
                     return port
         raise NoFreePortError(
@@ -91,6 +98,6 @@ class PortAllocator:
         if not self._free(port):
             raise NoFreePortError(f"port {port} on {self.host} is already in use by another program")
 
-    def _free(self, port: int) -> bool:
-        return not port_answers(self.host, port) and port_bindable(self.host, port)
+    def _free(self, port: int, *, strict: bool = False) -> bool:
+        return not port_answers(self.host, port) and port_bindable(self.host, port, strict=strict)
 

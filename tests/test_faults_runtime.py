@@ -346,3 +346,18 @@ def test_a_record_of_a_tree_that_survived_its_kill_stays_on_disk(tmp_path, monke
     record = json.loads((pool.state_dir / "instances" / "m.json").read_text())
     assert record["pid"] == instance.pid
     assert instance.placement.port in pool.ports.reserved()
+
+
+def test_a_port_bound_but_not_yet_listening_elsewhere_is_not_handed_out():
+    import socket
+
+    from bawt_vllm.supervisor.ports import PortAllocator
+
+    loading_elsewhere = socket.socket()  # how vLLM holds its port during a load: bound, not listening
+    loading_elsewhere.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    loading_elsewhere.bind(("127.0.0.1", 0))
+    try:
+        taken = loading_elsewhere.getsockname()[1]
+        assert PortAllocator("127.0.0.1", taken, taken + 20).reserve() != taken
+    finally:
+        loading_elsewhere.close()
