@@ -124,10 +124,10 @@ def test_sigkilled_supervisor_takes_the_tree_down(tmp_path, testbed):
 
 def test_daemon_end_to_end(tmp_path, testbed):
     config = real_config(tmp_path, testbed, {"tiny": tiny_entry(testbed)})
-    up = subprocess.run([sys.executable, "-m", "bawt_vllm.supervisor.cli", "up", "tiny", "--config", str(config)],
-                        capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
-    started = daemon_pid(tmp_path / "state")
     try:
+        up = subprocess.run([sys.executable, "-m", "bawt_vllm.supervisor.cli", "up", "tiny", "--config", str(config)],
+                            capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
+        started = daemon_pid(tmp_path / "state")
         assert up.returncode == 0, up.stderr
         assert "starting one" in up.stderr and "[weights loaded]" in up.stderr and "tiny is ready" in up.stdout
         from bawt_vllm.supervisor.client import DaemonClient
@@ -147,7 +147,7 @@ def test_daemon_end_to_end(tmp_path, testbed):
         assert down.returncode == 0 and "tiny: gone in" in down.stdout, down.stdout + down.stderr
         assert alive(members) == []
     finally:
-        stop_daemon(started)
+        stop_daemon(daemon_pid(tmp_path / "state"))  # found again: `up` may have timed out after starting it
 
 
 def _chat_stream_and_tool_call(client: openai.OpenAI) -> None:
@@ -264,6 +264,11 @@ def test_real_engine_stopped_is_caught_by_default_and_a_busy_one_is_not(tmp_path
         while not any("engine hung" in e.message for e in instance.events):
             await asyncio.wait_for(instance.wait_change(), 120)
         detected_s = time.monotonic() - stopped_at
+        await instance.wait_ready(LOAD_TIMEOUT_S)  # a real vLLM restarted after the hang
+        client = openai.AsyncOpenAI(base_url=instance.endpoint, api_key=instance.api_key, max_retries=0)
+        answer = await client.completions.create(model="tiny", prompt="a", max_tokens=2)
+        await client.close()
+        assert answer.choices[0].text is not None and instance.restarts == 1
         await pool.close()
         return finishes, streamed_s, restarts_while_busy, detected_s
 
