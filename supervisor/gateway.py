@@ -192,7 +192,7 @@ class Gateway:
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         if self._shutting_down():
             return openai_error(503, "bawt-vllm is shutting down", type_="server_error", code="shutting_down")
-        path = upstream_path(request.path)
+        path = _upstream_path(request.path)
         if path is None:
             raise web.HTTPNotFound()  # shaped by _error_middleware, like any unknown URL
         body = await _read_body(request)
@@ -352,7 +352,7 @@ class AcceptErrorLog:
         self._last_report = now
 
 
-def upstream_path(path: str) -> str | None:
+def _upstream_path(path: str) -> str | None:
     """The decoded request path with `.` and `..` resolved, if it stays under /v1/; else None.
 
     aiohttp routes on the path as sent (`/v1/../metrics` matches `/v1/{tail}`), while any
