@@ -204,7 +204,7 @@ class Settings(BaseModel):
     ready_total_timeout_s: Seconds | None = None
     stop_grace_s: GraceSeconds = 15.0
     health_interval_s: Seconds = 2.0
-    liveness_probe: bool = False
+    liveness_probe: bool = True
     probe_timeout_s: Seconds = 30.0
     max_restarts: NonNegativeInt = 3
     restart_backoff_s: SecondsOrZero = 2.0
@@ -303,17 +303,18 @@ _ENV_NAME_TEXT = "must be an environment variable name (letters, digits and unde
 
 
 def _seconds_range(above_zero: bool, most: float) -> str:
-    span = "1 hour" if most == 3_600 else "1 day"
+    span = "1 hour" if most == MAX_STOP_GRACE_S else "1 day"
     return f"{'greater than 0' if above_zero else '0 or more'} and at most {most:g} seconds ({span})"
 
 
+_POSITIVE_DURATIONS = (
+    "ready_stall_timeout_s", "ready_total_timeout_s", "health_interval_s", "probe_timeout_s", "idle_ttl_s",
+    "vram_release_timeout_s",
+)
+_ZERO_OK_DURATIONS = ("restart_backoff_s", "restart_backoff_max_s", "eviction_wait_s")
 _DURATION_RANGES = {
-    **dict.fromkeys(
-        ("ready_stall_timeout_s", "ready_total_timeout_s", "health_interval_s", "probe_timeout_s",
-         "idle_ttl_s", "vram_release_timeout_s"),
-        _seconds_range(True, MAX_SECONDS),
-    ),
-    **dict.fromkeys(("restart_backoff_s", "restart_backoff_max_s", "eviction_wait_s"), _seconds_range(False, MAX_SECONDS)),
+    **dict.fromkeys(_POSITIVE_DURATIONS, _seconds_range(True, MAX_SECONDS)),
+    **dict.fromkeys(_ZERO_OK_DURATIONS, _seconds_range(False, MAX_SECONDS)),
     "stop_grace_s": _seconds_range(True, MAX_STOP_GRACE_S),
 }
 """The allowed range of every duration key, for error messages (the same in bawt_vllm: and in entries)."""
@@ -352,6 +353,7 @@ _ERROR_TYPE_TEXT = {
     "string_pattern_mismatch": _ENV_NAME_TEXT,
     "list_type": "must be a list",
     "dict_type": "must be a map",
+    "path_type": "must be a path",
 }
 
 
@@ -405,8 +407,14 @@ def check_config(path: Path | None = None, environ: Mapping[str, str] | None = N
 
 def _load(path: Path, environ: Mapping[str, str]) -> tuple[Config, list[ConfigProblem]]:
     document, problems = _read_yaml(path)
+    if document is _UNREADABLE:
+        return Config(path=path, settings=Settings(state_dir=default_state_dir(environ))), problems
     config, content_problems = _parse_document(path, document, environ)
     return config, problems + content_problems
+
+
+_UNREADABLE: Any = object()
+"""_read_yaml's document when the file could not be read or parsed (None means an empty file)."""
 
 
 class _DuplicateKeyLoader(yaml.SafeLoader):
@@ -442,16 +450,17 @@ def _read_yaml(path: Path) -> tuple[Any, list[ConfigProblem]]:
         text = read_config_text(path)
         check_yaml_expansion(text)
     except OSError as error:
-        return None, [ConfigProblem(path, None, None, f"cannot read the file: {error}")]
+        return _UNREADABLE, [ConfigProblem(path, None, None, f"cannot read the file: {error}")]
     except ConfigTextError as error:
-        return None, [ConfigProblem(path, None, None, str(error))]
-    loader = _DuplicateKeyLoader(text)
+        return _UNREADABLE, [ConfigProblem(path, None, None, str(error))]
     try:
-        document = loader.get_single_data()
+        loader = _DuplicateKeyLoader(text)  # its reader already refuses control characters
+        try:
+            document = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
-        return None, [ConfigProblem(path, None, None, _describe_yaml_error(error))]
-    finally:
-        loader.dispose()
+        return _UNREADABLE, [ConfigProblem(path, None, None, _describe_yaml_error(error, text))]
     problems = [
         ConfigProblem(path, None, None, f"line {line}: duplicate key '{key}' (only the last one would count)")
         for key, line in loader.duplicate_keys
@@ -459,7 +468,14 @@ def _read_yaml(path: Path) -> tuple[Any, list[ConfigProblem]]:
     return document, problems
 
 
-def _describe_yaml_error(error: yaml.YAMLError) -> str:
+def _describe_yaml_error(error: yaml.YAMLError, text: str) -> str:
+    if isinstance(error, yaml.reader.ReaderError):  # its own text spans lines and names no line
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        return (
+            f"invalid YAML at line {line}, column {column}: control character U+{error.character:04X} "
+            "is not allowed (inside double quotes, write it as an escape such as \\x07)"
+        )
     mark = getattr(error, "problem_mark", None)
     detail = getattr(error, "problem", None) or str(error)
     if mark is None:
@@ -481,7 +497,8 @@ def _parse_document(
     raw_models = document.get(MODELS_SECTION)
     if raw_models is None:
         raw_models = {}
-    if not isinstance(raw_models, dict):
+    models_misshapen = not isinstance(raw_models, dict)
+    if models_misshapen:
         message = f"must be a map of alias -> model definition (got {_type_name(raw_models)})"
         problems.append(ConfigProblem(path, None, MODELS_SECTION, message))
         raw_models = {}
@@ -498,7 +515,7 @@ def _parse_document(
         elif entry is not None:
             config.models[alias] = entry
 
-    if not config.models and not broken_entries and isinstance(document.get(MODELS_SECTION, {}), dict | None):
+    if not (config.models or broken_entries or models_misshapen):  # else the problems above say why
         problems.append(_no_models_problem(path, config))
     problems += _cross_entry_problems(path, config.models)
     if settings is not None:
@@ -536,9 +553,10 @@ def _parse_settings(
     findings = _unknown_key_findings(values, SETTINGS_KEYS)
     known = {key: value for key, value in values.items() if key in SETTINGS_KEYS}
     settings, validation_findings = _validate(Settings, known)
+    findings += _with_nul_findings(validation_findings, known)
     problems = [
         ConfigProblem(path, None, f"{GLOBAL_SECTION}.{key}" if key else GLOBAL_SECTION, message)
-        for key, message in findings + validation_findings
+        for key, message in findings
     ]
     return (settings if not problems else None), problems
 
@@ -571,7 +589,7 @@ def _parse_model(
     findings = _alias_findings(raw_alias) + _unknown_key_findings(values, ENTRY_KEYS | LLM_BAWT_ONLY_KEYS)
     known = {key: value for key, value in values.items() if key in ENTRY_KEYS}
     entry, validation_findings = _validate(ModelEntry, {**known, "alias": alias})
-    findings += validation_findings + _entry_rule_findings(known)
+    findings += _with_nul_findings(validation_findings, known) + _entry_rule_findings(known)
     problems = [ConfigProblem(path, alias, key, message) for key, message in findings]
     return (entry if not problems else None), problems, None
 
@@ -590,6 +608,27 @@ def _alias_findings(raw_alias: Any) -> list[Finding]:
     if not is_safe_alias(raw_alias):
         return [(None, f"{raw_alias!r} cannot be an alias: use {ALIAS_RULE}")]
     return []
+
+
+def _with_nul_findings(findings: list[Finding], values: Mapping[str, Any]) -> list[Finding]:
+    """`findings`, plus one for each other key holding a NUL character. YAML lets "\\0" through, but
+    no path, argument or environment value can hold one: the start would fail later instead."""
+    reported = {key for key, _ in findings}
+    return findings + [
+        (key, "must not contain a NUL character (\\0)")
+        for key, value in values.items()
+        if key not in reported and _has_nul(value)
+    ]
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value if isinstance(item, str))
+    if isinstance(value, dict):
+        return any(_has_nul(part) for item in value.items() for part in item if isinstance(part, str))
+    return False
 
 
 def _unknown_key_findings(values: Mapping[str, Any], allowed: frozenset[str]) -> list[Finding]:
@@ -623,7 +662,7 @@ def _validation_findings(error: ValidationError, values: Mapping[str, Any]) -> l
             message = f"{_EXPECTATIONS[top_key]} (got {_shown(values.get(top_key))})"
         else:
             key = ".".join(location) or None
-            expected = _ERROR_TYPE_TEXT.get(detail["type"], _lower_first(detail["msg"]))
+            expected = _ERROR_TYPE_TEXT.get(detail["type"]) or _error_text(detail)
             message = f"{expected} (got {_shown(detail.get('input'))})"
         findings.setdefault(key, message)
     return list(findings.items())
@@ -639,6 +678,13 @@ def _shown(value: Any, limit: int = 80) -> str:
     """repr(value), cut short: a bad value may be a large structure."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_text(detail: Any) -> str:
+    """pydantic's message, without the 'Value error, ' it puts before a validator's own text."""
+    if detail["type"] == "value_error" and "error" in detail.get("ctx", {}):
+        return str(detail["ctx"]["error"])
+    return _lower_first(detail["msg"])
 
 
 def _lower_first(text: str) -> str:

@@ -206,8 +206,15 @@ def check_yaml_expansion(text: str) -> None:
     """
     try:
         _scan_events(yaml.parse(text, Loader=_FAST_LOADER))
-    except yaml.YAMLError:
-        return
+    except yaml.YAMLError as error:
+        # libyaml stops at 1000 levels, before yielding the events that would show the depth.
+        # (PyYAML's own scanner would go on, in time quadratic in the depth.)
+        if "maximum nesting depth" in str(error):
+            raise _too_deep() from None
+
+
+def _too_deep() -> ConfigTextError:
+    return ConfigTextError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels")
 
 
 def _scan_events(events: Iterable[yaml.Event]) -> None:
@@ -218,7 +225,7 @@ def _scan_events(events: Iterable[yaml.Event]) -> None:
             sizes.clear()  # anchors belong to one document
         elif isinstance(event, yaml.CollectionStartEvent):
             if len(stack) >= MAX_YAML_DEPTH:
-                raise ConfigTextError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels")
+                raise _too_deep()
             stack.append(_OpenNode(event.anchor))
         elif isinstance(event, yaml.CollectionEndEvent):
             _add_size(stack, sizes, stack.pop())
@@ -229,9 +236,11 @@ def _scan_events(events: Iterable[yaml.Event]) -> None:
 
 
 def _alias_size(stack: list[_OpenNode], sizes: Mapping[str, int], anchor: str | None) -> int:
+    if anchor is None:
+        return 1
     if any(node.anchor == anchor for node in stack):
         raise ConfigTextError(f"the alias *{anchor} is used inside its own anchor &{anchor} (a loop)")
-    return sizes.get(anchor or "", 1)  # an undefined alias is the loader's to report
+    return sizes.get(anchor, 1)  # an undefined alias is the loader's to report
 
 
 def _add_size(stack: list[_OpenNode], sizes: dict[str, int], node: _OpenNode) -> None:
@@ -259,13 +268,15 @@ def quick_state_dir(config_path: Path) -> Path:
     except OSError:
         return default_state_dir()
     text = data.decode("utf-8", errors="replace")
-    value: str | None
-    try:
-        if too_big:
-            raise ConfigTextError("too large to parse")
-        value = _state_dir_from_yaml(text)
-    except Exception:  # any way the YAML is broken; the line scan below does not depend on it
-        value = _state_dir_from_lines(text)
+    if not too_big:
+        try:
+            return _state_dir_or_default(_state_dir_from_yaml(text))
+        except Exception:  # any way the YAML is broken; the line scan below does not depend on it
+            pass
+    return _state_dir_or_default(_state_dir_from_lines(text))
+
+
+def _state_dir_or_default(value: str | None) -> Path:
     return expand_home(Path(value)) if value else default_state_dir()
 
 

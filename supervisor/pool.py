@@ -30,7 +30,6 @@ from .process import ServeProcess
 from .readiness import HealthProbe
 from .statefile import InstanceRecord, StateStore
 
-
 JOIN_ATTEMPTS = 3  # how often a caller whose instance was stopped under it places it again
 
 

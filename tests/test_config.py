@@ -20,6 +20,8 @@ from bawt_vllm.supervisor.toolformat import get_tool_format
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "models.yaml.example"
 GOOD_ENTRY = "type: vllm\nmodel_id: org/model\ntool_support: none"
+ONE_MODEL = "models:\n  tiny:\n" + textwrap.indent(GOOD_ENTRY, "    ") + "\n"
+"""A models section with one good entry, for tests about other parts (a file needs one model)."""
 
 
 def write(path: Path, text: str) -> Path:
@@ -153,16 +155,18 @@ def test_state_dir_defaults_under_home_without_xdg(tmp_path: Path) -> None:
 
 
 def test_home_is_expanded_in_paths(tmp_path: Path) -> None:
-    path = models_file(tmp_path, "bawt_vllm:\n  state_dir: ~/state\n  vllm_executable: ~/bin/vllm\n")
+    path = models_file(tmp_path, "bawt_vllm:\n  state_dir: ~/state\n  vllm_executable: ~/bin/vllm\n" + ONE_MODEL)
     settings = load_config(path, environ={}).settings
     assert settings.state_dir == Path.home() / "state"
     assert settings.vllm_executable == str(Path.home() / "bin" / "vllm")
 
 
-def test_empty_file_is_an_empty_config(tmp_path: Path) -> None:
-    config = load_config(models_file(tmp_path, ""), environ={})
-    assert config.models == {}
-    assert config.skipped == {}
+def test_empty_file_is_refused_as_having_no_models(tmp_path: Path) -> None:
+    path = models_file(tmp_path, "")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert [(p.file, p.alias, p.key) for p in caught.value.problems] == [(path, None, None)]
+    assert "no models configured: add at least one entry under models:" in str(caught.value)
 
 
 def test_served_model_name_overrides_the_alias(tmp_path: Path) -> None:
@@ -242,7 +246,7 @@ def test_unknown_alias_lists_known_ones_and_a_close_match(tmp_path: Path) -> Non
 
 
 def test_asking_for_a_skipped_entry_says_why(tmp_path: Path) -> None:
-    config = load_config(models_file(tmp_path, "models:\n  gpt:\n    type: openai\n"), environ={})
+    config = load_config(models_file(tmp_path, ONE_MODEL + "  gpt:\n    type: openai\n"), environ={})
     with pytest.raises(UnknownModelError, match="not run by bawt-vllm: type is 'openai'"):
         config.entry("gpt")
 
@@ -275,7 +279,7 @@ def test_duplicate_yaml_keys_are_reported(tmp_path: Path) -> None:
     [
         ("- just\n- a list\n", None, "top level must be a map"),
         ("models: [a, b]\n", "models", "must be a map of alias"),
-        ("bawt_vllm: 5\nmodels: {}\n", "bawt_vllm", "must be a map of settings"),
+        ("bawt_vllm: 5\n" + ONE_MODEL, "bawt_vllm", "must be a map of settings"),
     ],
 )
 def test_document_shape_problems(tmp_path: Path, text: str, key: str | None, expected: str) -> None:
@@ -359,7 +363,7 @@ GLOBAL_RULES: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("setting", "key", "expected"), GLOBAL_RULES)
 def test_global_rules(tmp_path: Path, setting: str, key: str, expected: str) -> None:
-    path = models_file(tmp_path, f"bawt_vllm:\n  {setting}\nmodels: {{}}\n")
+    path = models_file(tmp_path, f"bawt_vllm:\n  {setting}\n{ONE_MODEL}")
     problem = only_problem(path)
     assert (problem.alias, problem.key) == (None, key)
     assert expected in problem.message

@@ -12,6 +12,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bawt_vllm.supervisor.config import load_config
+from bawt_vllm.supervisor.pool import Pool
 from helpers import (
     RunningDaemon,
     alive,
@@ -23,9 +25,6 @@ from helpers import (
     wait_until,
     write_models_yaml,
 )
-
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.pool import Pool
 
 
 def _config(tmp_path: Path, models: dict, **settings) -> Path:

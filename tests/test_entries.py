@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bawt_vllm.supervisor import yamlfile
-from bawt_vllm.supervisor.config import Config, load_config
+from bawt_vllm.supervisor.config import Config, Settings, load_config
 from bawt_vllm.supervisor.entries import (
     MANAGED_KEY,
     MANAGED_VALUE,
@@ -250,10 +250,9 @@ def test_missing_target_is_created_with_its_directory(config: Config, tmp_path: 
 
 
 def test_missing_target_with_no_models_gets_an_empty_models_map(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text(f"bawt_vllm:\n  state_dir: {tmp_path / 'state'}\n")
+    empty = Config(path=tmp_path / "empty.yaml", settings=Settings(state_dir=tmp_path / "state"))
     target = tmp_path / "new" / "models.yaml"
-    apply_merge(plan_merge(load_config(path), target))
+    apply_merge(plan_merge(empty, target))
     assert target.read_text() == "models:\n"
 
 

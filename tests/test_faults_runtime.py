@@ -18,6 +18,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from bawt_vllm.supervisor.config import load_config
+from bawt_vllm.supervisor.instance import StartFailed, State
+from bawt_vllm.supervisor.pool import ConfigRejected, Pool, PoolClosed
+from bawt_vllm.supervisor.process import ProcessIdentity, ServeProcess
+from bawt_vllm.supervisor.statefile import InstanceRecord, StateStore
 from helpers import (
     STANDIN_VLLM,
     alive,
@@ -29,12 +34,6 @@ from helpers import (
     wait_until,
     write_models_yaml,
 )
-
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.instance import StartFailed, State
-from bawt_vllm.supervisor.pool import ConfigRejected, Pool, PoolClosed
-from bawt_vllm.supervisor.process import ProcessIdentity, ServeProcess
-from bawt_vllm.supervisor.statefile import InstanceRecord, StateStore
 
 
 def make_pool(tmp_path: Path, models: dict, **settings) -> Pool:
