@@ -151,8 +151,11 @@ class VLLMClient:
         return self._complete(messages, tools=tools_schema, tool_choice=tool_choice, **kwargs)
 
     def unload(self) -> dict[str, Any]:
-        """Stop the model; returns the stop proof once every process is gone (and VRAM back)."""
-        from bawt_vllm.supervisor.client import DaemonClient, DaemonNotRunning
+        """Stop the model; returns the stop proof once every process is gone (and VRAM back).
+
+        Waits as long as the stop takes (the daemon's stop_grace_s bounds it, and its heartbeats
+        show it is alive); a daemon that stops answering raises VLLMClientError."""
+        from bawt_vllm.supervisor.client import DaemonClient, DaemonError, DaemonNotRunning
 
         if self._supervisor is None:
             raise VLLMClientError("no bawt-vllm config found: cannot reach the daemon to unload")
@@ -163,6 +166,8 @@ class VLLMClient:
             results = client.down(self.model)
         except DaemonNotRunning:
             return {"alias": self.model, "was_running": False, "clean": True, "proof": "no daemon running"}
+        except DaemonError as error:
+            raise VLLMClientError(f"unload of {self.model} failed: {error}") from error
         return results[0]
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ ConfigOption = Annotated[
                  "then llm-bawt's models.yaml)", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+STILL_WAITING_EVERY_S = 30.0  # off a terminal, `up`/`down` print a "still loading" line this often
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -116,7 +118,7 @@ def down(
     from .client import DaemonError, DaemonNotRunning
 
     try:
-        results = _fast_client(config).down(model, all_models=all_models)
+        results = _down_with_progress(_fast_client(config), model, all_models)
     except DaemonNotRunning:
         if model is not None:
             _known(_load(config), model)
@@ -411,17 +413,56 @@ def _up_with_progress(client: Any, model: str) -> dict[str, Any]:
 
     console = Console(stderr=True)
     if not console.is_terminal:
-        return client.up(model, on_event=_show_event)
+        return client.up(model, on_event=_show_event, on_waiting=_still_waiting("loading"))
     import time
 
     started = time.monotonic()
     with console.status(f"loading {model}") as status:
+        def show(label: str | None) -> None:
+            status.update(f"loading {model}: {label or 'waiting'} ({time.monotonic() - started:.0f}s)")
+
         def on_event(event: dict[str, Any]) -> None:
             console.print(_event_line(event), markup=False, highlight=False)
-            label = event.get("stage") or event.get("state")
-            status.update(f"loading {model}: {label} ({time.monotonic() - started:.0f}s)")
+            show(event.get("stage") or event.get("state"))
 
-        return client.up(model, on_event=on_event)
+        # Heartbeats (a silent load stage) move the clock on, so a long load never looks hung.
+        return client.up(model, on_event=on_event, on_waiting=lambda waiting: show(_waiting_label(waiting)))
+
+
+def _down_with_progress(client: Any, model: str | None, all_models: bool) -> list[dict[str, Any]]:
+    """Ask the daemon to stop model (or all); on a terminal, a spinner with the time it takes."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return client.down(model, all_models=all_models, on_waiting=_still_waiting("stopping"))
+    import time
+
+    started = time.monotonic()
+    with console.status(f"stopping {model or 'every model'}") as status:
+        def on_waiting(waiting: dict[str, Any]) -> None:
+            status.update(f"stopping {waiting.get('model') or model or 'every model'} "
+                          f"({time.monotonic() - started:.0f}s)")
+
+        return client.down(model, all_models=all_models, on_waiting=on_waiting)
+
+
+def _waiting_label(waiting: dict[str, Any]) -> str | None:
+    return waiting.get("stage") or waiting.get("state")
+
+
+def _still_waiting(verb: str) -> Callable[[dict[str, Any]], None]:
+    """For a log, not a terminal: a 'still loading' line at most every STILL_WAITING_EVERY_S
+    (from the daemon's heartbeats), so a long silent load stage is visibly alive."""
+    shown = [0.0]
+
+    def show(waiting: dict[str, Any]) -> None:
+        elapsed = float(waiting.get("elapsed_s") or 0.0)
+        if elapsed - shown[0] >= STILL_WAITING_EVERY_S:
+            shown[0] = elapsed
+            typer.echo(f"  still {verb} {waiting.get('model') or 'every model'}: "
+                       f"{_waiting_label(waiting) or 'waiting'} ({elapsed:.0f}s)", err=True)
+    return show
 
 
 def _event_line(event: dict[str, Any]) -> str:

@@ -18,21 +18,22 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from .config import UnknownModelError
 from .entries import openai_entry_text
 from .gpus import describe
-from .instance import Event, Instance, StartFailed, State
+from .instance import Event, Instance, StartFailed, State, StopResult
 from .locations import find_log
 from .pool import CapacityError, Pool
 from .readiness import read_log_tail
 
 log = logging.getLogger("bawt_vllm.control")
+T = TypeVar("T")
 
 FOLLOW_POLL_S = 0.1
 HEARTBEAT_S = 5.0
@@ -40,6 +41,7 @@ HEARTBEAT_S = 5.0
 BODY_READ_TIMEOUT_S = 10.0
 """A request body not in within this is answered 408: a half-sent request holds no handler."""
 
+_BUSY = (State.STARTING.value, State.STOPPING.value, State.UNHEALTHY.value)
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}
 
@@ -118,9 +120,18 @@ class ControlApi:
         self.gateway_url = gateway_url
         self._reload = reload
         self.started_at = started_at or time.time()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _detached(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task that runs to its end even if the client goes away (its outcome then unread)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/status", self.status)
         app.router.add_post("/up", self.up)
         app.router.add_post("/down", self.down)
@@ -136,36 +147,22 @@ class ControlApi:
         return web.json_response({"daemon": daemon, "models": self.pool.status()})
 
     def _alias(self, name: str | None) -> str:
+        """The alias a model name means (an alias or a served name); 400 without one, 404 if unknown."""
         if not name:
-            raise web.HTTPBadRequest(text=json.dumps({"error": "name a model"}), content_type="application/json")
+            raise _error(web.HTTPBadRequest, "name a model")
+        config = self.pool.config
         try:
-            return self.pool.config.entry(name).alias
+            return config.entry(config.resolve(name) or name).alias
         except UnknownModelError as error:
-            raise web.HTTPNotFound(text=json.dumps({"error": str(error)}), content_type="application/json") from None
+            raise _error(web.HTTPNotFound, error.message) from None
 
+    # -- long waits: load and stop ----------------------------------------------------------
     async def up(self, request: web.Request) -> web.StreamResponse:
-        alias = self._alias((await request.json()).get("model"))
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def forward(instance: Instance, event: Event) -> None:
-            if instance.alias == alias:
-                events.put_nowait(event)
-
-        self.pool.listeners.append(forward)
-        try:
-            loading = asyncio.ensure_future(self.pool.up(alias))
-            while not loading.done():
-                getter = asyncio.ensure_future(events.get())
-                await asyncio.wait({loading, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    await _send_line(response, {"event": getter.result().as_dict()})
-                else:
-                    getter.cancel()
-            await _send_line(response, self._up_result(alias, loading))
-        finally:
-            self.pool.listeners.remove(forward)
+        alias = self._alias(_field(await _read_object(request), "model", str, "a string (an alias)"))
+        response = await _ndjson(request)
+        loading = self._detached(self.pool.up(alias))
+        await self._stream_until(response, loading, [alias])
+        await _send_line(response, self._up_result(alias, loading))
         await response.write_eof()
         return response
 
@@ -177,41 +174,98 @@ class ControlApi:
             return {"done": True, "ok": False, "error": str(error)}
         if error is not None:
             return {"done": True, "ok": False, "error": f"{error.__class__.__name__}: {error}"}
-        entry = self.pool.config.models[alias]
-        gateway_entry = openai_entry_text(alias, entry, f"{self.gateway_url}/v1")
-        return {"done": True, "ok": True, "model": loading.result().info(), "gateway": f"{self.gateway_url}/v1",
+        instance = loading.result()
+        gateway_entry = openai_entry_text(alias, instance.entry, f"{self.gateway_url}/v1")
+        return {"done": True, "ok": True, "model": instance.info(), "gateway": f"{self.gateway_url}/v1",
                 "llm_bawt_entry": gateway_entry}
 
-    async def down(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        if body.get("all"):
-            results = await self.pool.down_all()
+    async def down(self, request: web.Request) -> web.StreamResponse:
+        body = await _read_object(request)
+        aliases: list[str] | None = None  # every instance
+        if _field(body, "all", bool, "true or false"):
+            stopping = self._detached(self.pool.down_all())
         else:
-            results = [await self.pool.down(self._alias(body.get("model")))]
-        return web.json_response({"results": [r.as_dict() for r in results]})
+            aliases = [self._alias(_field(body, "model", str, "a string (an alias)"))]
+            stopping = self._detached(self._down_one(aliases[0]))
+        response = await _ndjson(request)
+        await self._stream_until(response, stopping, aliases)
+        await _send_line(response, _down_result(stopping))
+        await response.write_eof()
+        return response
 
+    async def _down_one(self, alias: str) -> list[StopResult]:
+        return [await self.pool.down(alias)]
+
+    async def _stream_until(self, response: web.StreamResponse, work: asyncio.Future[Any],
+                            aliases: list[str] | None) -> None:
+        """Until work is done: each event of aliases' instances (None: of all) as a line, and
+        while none comes, a heartbeat every HEARTBEAT_S (the client's proof that the daemon lives)."""
+        events: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+
+        def forward(instance: Instance, event: Event) -> None:
+            if aliases is None or instance.alias in aliases:
+                events.put_nowait((instance.alias, event))
+
+        started = time.monotonic()
+        self.pool.listeners.append(forward)
+        getter: asyncio.Future[tuple[str, Event]] | None = None
+        try:
+            while not work.done():
+                getter = getter or asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({work, getter}, timeout=HEARTBEAT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    await _send_event(response, *getter.result())
+                    getter = None
+                elif not done:
+                    await self._heartbeat(response, aliases, time.monotonic() - started)
+            while not events.empty():
+                await _send_event(response, *events.get_nowait())
+        finally:
+            self.pool.listeners.remove(forward)
+            if getter is not None:
+                getter.cancel()
+
+    async def _heartbeat(self, response: web.StreamResponse, aliases: list[str] | None, elapsed_s: float) -> None:
+        """One `waiting` line per model waited on: the named one, or (for all) each one busy."""
+        if aliases is not None:
+            rows = [self._where(alias) for alias in aliases]
+        else:
+            rows = [row for alias in self.pool.config.models if (row := self._where(alias))["state"] in _BUSY]
+        for row in rows or [{"model": None, "state": None, "stage": None}]:
+            await _send_line(response, {"waiting": {**row, "elapsed_s": round(elapsed_s, 1)}})
+
+    def _where(self, alias: str) -> dict[str, Any]:
+        """alias's state, and its load stage while it starts (a later stage would be stale)."""
+        instance = self.pool.get(alias)
+        if instance is None:
+            return {"model": alias, "state": State.STOPPED.value, "stage": None}
+        stage = instance.stage if instance.state is State.STARTING else None
+        return {"model": alias, "state": instance.state.value, "stage": stage}
+
+    # -- logs and the rest ---------------------------------------------------------------------
     async def logs(self, request: web.Request) -> web.StreamResponse:
         alias = self._alias(request.query.get("model"))
-        path = self._log_path(alias, request.query.get("start"))
+        lines = _int_query(request, "lines", minimum=0)
+        count = 200 if lines is None else lines
+        path = self._log_path(alias, _int_query(request, "start", minimum=1))
         if path is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"{alias} has no log yet"}),
-                                   content_type="application/json")
-        lines = int(request.query.get("lines", "200"))
+            raise _error(web.HTTPNotFound, f"{alias} has no log yet")
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "X-Log-Path": str(path)})
         await response.prepare(request)
-        tail = read_log_tail(path, lines)
+        tail = read_log_tail(path, count) if count else []
         await response.write(("\n".join(tail) + ("\n" if tail else "")).encode())
         if request.query.get("follow") in ("1", "true"):
             await self._follow(response, path)
         await response.write_eof()
         return response
 
-    def _log_path(self, alias: str, start: str | None) -> Path | None:
-        instance = self.pool.instances.get(alias)
+    def _log_path(self, alias: str, start: int | None) -> Path | None:
+        instance = self.pool.get(alias)
         if start is None and instance is not None and instance.log_path is not None:
             return instance.log_path
-        return find_log(self.pool.log_dir, alias, None if start is None else int(start))
+        return find_log(self.pool.log_dir, alias, start)
 
     async def _follow(self, response: web.StreamResponse, path: Path) -> None:
         offset = path.stat().st_size
@@ -230,14 +284,30 @@ class ControlApi:
 
     async def events(self, request: web.Request) -> web.Response:
         alias = self._alias(request.query.get("model"))
-        instance = self.pool.instances.get(alias)
+        instance = self.pool.get(alias)
         events = [] if instance is None else [e.as_dict() for e in instance.events]
         return web.json_response({"model": alias, "state": instance.state.value if instance else State.STOPPED.value,
                                   "events": events})
 
     async def reload(self, _request: web.Request) -> web.Response:
-        return web.json_response({"changes": await self._reload()})
+        try:
+            changes = await self._reload()
+        except Exception as error:  # the daemon keeps running; the caller gets the reason
+            log.exception("reload failed")
+            return web.json_response({"error": f"reload failed: {error.__class__.__name__}: {error}"}, status=500)
+        return web.json_response({"changes": changes})
+
+
+def _down_result(stopping: asyncio.Future[list[StopResult]]) -> dict[str, Any]:
+    error = stopping.exception()
+    if error is not None:
+        return {"done": True, "ok": False, "error": f"{error.__class__.__name__}: {error}"}
+    return {"done": True, "ok": True, "results": [result.as_dict() for result in stopping.result()]}
 
 
 async def _send_line(response: web.StreamResponse, payload: dict[str, Any]) -> None:
     await response.write((json.dumps(payload) + "\n").encode())
+
+
+async def _send_event(response: web.StreamResponse, alias: str, event: Event) -> None:
+    await _send_line(response, {"event": {**event.as_dict(), "model": alias}})
