@@ -390,7 +390,15 @@ class Pool:
 
     async def recover(self, *, adopt: bool = True) -> RecoveryReport:
         """Find instances a previous supervisor left running: adopt the healthy ones we still
-        configure unchanged, stop the rest. Processes are matched by pid and start time."""
+        configure unchanged, stop the rest. Processes are matched by pid and start time.
+
+        Runs under the placement lock: a request that arrives meanwhile (the gateway is already
+        listening) waits and then joins the adopted instance instead of starting a second one.
+        """
+        async with self._placing:
+            return await self._recover(adopt)
+
+    async def _recover(self, adopt: bool) -> RecoveryReport:
         report = RecoveryReport()
         for record in self.store.load_all():
             process = ServeProcess.adopt(record.root, pgid=record.pgid, sid=record.sid,

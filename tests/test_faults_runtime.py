@@ -360,3 +360,28 @@ def test_a_port_bound_but_not_yet_listening_elsewhere_is_not_handed_out():
         assert PortAllocator("127.0.0.1", taken, taken + 20).reserve() != taken
     finally:
         loading_elsewhere.close()
+
+
+def test_a_request_during_recovery_joins_the_adopted_server_instead_of_starting_a_second(tmp_path):
+    models = {"m": standin_entry()}
+    first = make_pool(tmp_path, models)
+    second = make_pool(tmp_path, models)
+
+    async def scenario():
+        survivor = await first.up("m", timeout=20)
+        first.instances.clear()  # the first supervisor 'died', leaving its tree and record
+        os.kill(survivor.pid, signal.SIGSTOP)  # a slow adoption check: the window for the race
+        asyncio.get_running_loop().call_later(1.0, os.kill, survivor.pid, signal.SIGCONT)
+        recovering = asyncio.ensure_future(second.recover(adopt=True))
+        await asyncio.sleep(0.2)
+        joined = await second.up("m", timeout=20)  # a client's request while the daemon recovers
+        report = await recovering
+        try:
+            return survivor.pid, joined.pid, joined.launched_pids, report
+        finally:
+            await second.close()
+
+    survivor_pid, joined_pid, launched, report = run(scenario())
+    assert report.adopted == ["m"]
+    assert joined_pid == survivor_pid and launched == [], "a second server was started"
+    assert alive([survivor_pid]) == []
