@@ -963,6 +963,32 @@ def case_supervisor_sigkilled(ctx: Ctx) -> None:
     ctx.notes.append(f"{len(tree)} processes (server and engine) gone after the daemon's SIGKILL")
 
 
+def case_request_during_recovery(ctx: Ctx) -> None:
+    """13. A request while the next supervisor is still adopting: it joins the survivor, no second server."""
+    config = ctx.config({"m": standin()})
+    ctx.cleanups.append(lambda: stop_recorded(config))
+    root, _tree = abandon(config, "m")
+
+    async def next_supervisor() -> tuple[int | None, list[int], list[str]]:
+        pool = Pool(load_config(config))
+        os.kill(root.pid, signal.SIGSTOP)  # a slow adoption check widens the window
+        asyncio.get_running_loop().call_later(1.0, os.kill, root.pid, signal.SIGCONT)
+        recovering = asyncio.ensure_future(pool.recover(adopt=True))
+        await asyncio.sleep(0.2)
+        joined = await pool.up("m", timeout=30)
+        report = await recovering
+        try:
+            return joined.pid, list(joined.launched_pids), report.adopted
+        finally:
+            await pool.close()
+
+    joined_pid, launched, adopted = asyncio.run(next_supervisor())
+    expect(adopted == ["m"], f"the survivor was not adopted: {adopted}")
+    expect(joined_pid == root.pid and not launched,
+           f"the request started a second server (pid {joined_pid}, launched {launched}; survivor {root.pid})")
+    ctx.notes.append(f"the request waited for the adoption and joined pid {root.pid}; nothing launched")
+
+
 CASES: list[tuple[str, Callable[[Ctx], None]]] = [
     ("stale record names a live stranger", case_stale_record),
     ("load and stop silent past the read timeout", case_silent_waits),
@@ -976,6 +1002,7 @@ CASES: list[tuple[str, Callable[[Ctx], None]]] = [
     ("gateway and control edges, busy port", case_gateway_and_control_edges),
     ("api_key_env model adopted", case_adopt_with_api_key_env),
     ("supervisor SIGKILLed", case_supervisor_sigkilled),
+    ("request while the next supervisor adopts", case_request_during_recovery),
 ]
 
 
