@@ -322,10 +322,13 @@ class Instance:
 
     async def _cancel_supervisor(self) -> None:
         task, self._supervisor = self._supervisor, None
-        if task is not None and task is not asyncio.current_task():
+        if task is None or task is asyncio.current_task():
+            return
+        while not task.done():  # cancelled again if a cancel was swallowed on the way
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     # -- supervision --------------------------------------------------------------------
     async def adopt(self, process: ServeProcess, log_path: Path | None) -> None:
@@ -364,7 +367,7 @@ class Instance:
                 if cleanup.survivors:
                     self._enter(State.FAILED, f"{failure.reason}; {self._survivors_block(cleanup)}")
                     return
-                if first_start or self.restarts >= self.settings.max_restarts:
+                if first_start or self._shutdown_coming or self.restarts >= self.settings.max_restarts:
                     self._enter(State.FAILED, failure.reason)
                     return
                 await self._backoff(failure.reason)

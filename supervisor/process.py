@@ -367,7 +367,10 @@ class _PidWaiter:
 
         loop.add_reader(self._fd, exited)
         try:
-            await asyncio.wait_for(ready, timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that arrives
+            # in the same loop turn as the exit, and a stop waiting on this task would hang.
+            async with asyncio.timeout(timeout):
+                await ready
         except TimeoutError:
             pass
         finally:
