@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import STANDIN, Daemon, free_port, median, percentile, testbed, tiny_entry, write_config
 
 ROUNDS = 7
+BENCH_KEY_ENV = "BAWT_VLLM_BENCH_BACKEND_KEY"
 STREAM_TOKENS = 400
 
 
@@ -93,7 +96,7 @@ async def relay_capacity(session: aiohttp.ClientSession, direct: str, gateway: s
 
 async def measure(direct: str, gateway: str, relay: str, requests: int, streams: int, daemon_pid: int) -> None:
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)  # under uvicorn's 5 s keep-alive
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=_backend_auth()) as session:
         await latency(session, direct, gateway, 20, 1)  # warm-up, both paths
         daemon = psutil.Process(daemon_pid)
         for concurrency in (1, 32):
@@ -132,7 +135,9 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=32)
     args = parser.parse_args()
     bed = testbed()
-    config = write_config({"tiny": tiny_entry(bed)}, vllm_executable=bed["vllm"])
+    # Each backend only answers its own key; the benchmark names it so the direct path can use it too.
+    os.environ[BENCH_KEY_ENV] = secrets.token_urlsafe(24)
+    config = write_config({"tiny": tiny_entry(bed, api_key_env=BENCH_KEY_ENV)}, vllm_executable=bed["vllm"])
     daemon = Daemon(config)
     try:
         instance = daemon.client.up("tiny")["model"]
@@ -148,7 +153,7 @@ def main() -> int:
             relay.wait()
     finally:
         daemon.close()
-    fast = {"type": "vllm", "model_id": "standin", "tool_support": "none",
+    fast = {"type": "vllm", "model_id": "standin", "tool_support": "none", "api_key_env": BENCH_KEY_ENV,
             "env": {"FAKE_VLLM_MODE": "ok", "FAKE_VLLM_TOKENS": "2000", "FAKE_VLLM_TOKEN_S": "0"}}
     standin_daemon = Daemon(write_config({"fast": fast}, vllm_executable=str(STANDIN)))
     try:
@@ -159,8 +164,13 @@ def main() -> int:
     return 0
 
 
+def _backend_auth() -> dict[str, str]:
+    """The backends' key, sent on every path (the gateway, which needs no key here, forwards its own)."""
+    return {"Authorization": f"Bearer {os.environ[BENCH_KEY_ENV]}"}
+
+
 async def capacity(direct: str, gateway: str, streams: int) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=_backend_auth()) as session:
         await relay_capacity(session, direct, gateway, streams)
 
 

@@ -57,7 +57,7 @@ async def demo(config_path: Path) -> int:
         for member in members:
             proc = psutil.Process(member.pid)
             print(f"  pid {member.pid:>7}  {proc.name():<20} rss {proc.memory_info().rss / 2**20:,.0f} MiB")
-        client = AsyncOpenAI(base_url=instance.endpoint, api_key="unused")
+        client = AsyncOpenAI(base_url=instance.endpoint, api_key=instance.api_key)  # the instance's own key
         question = "Say hello."
         reply = await client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": question}], max_tokens=64, temperature=0,
