@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import yaml
 from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.entries import openai_entry_text
+from bawt_vllm.supervisor.entries import gateway_base_url, openai_entry_text
 from bawt_vllm.supervisor.pool import Pool
 from openai import AsyncOpenAI
 
@@ -64,8 +64,9 @@ async def demo(config_path: Path) -> int:
             extra_body={"structured_outputs": {"regex": "Hello from a supervised vllm serve!"}})
         await client.close()
         print(f"\nuser: {question}\ntiny: {reply.choices[0].message.content}")
-        print("\nllm-bawt entry for it (what `bawt-vllm up` prints):")
-        print(openai_entry_text("tiny", instance.entry, instance.endpoint))
+        print("\nllm-bawt entry for it (what `bawt-vllm up` prints; it points at the daemon's gateway, since")
+        print("each backend answers only its own key):")
+        print(openai_entry_text("tiny", instance.entry, gateway_base_url(pool.config.settings)))
     finally:
         result = await pool.down("tiny")
         print(f"\nstop: {result.summary()}")
