@@ -9,6 +9,7 @@ Ready means `/health` answers 200 and `/v1/models` lists the served name.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
@@ -189,40 +190,38 @@ class HealthProbe:
             await self._session.close()
             self._session = None
 
-    async def health(self, timeout_s: float = 2.0) -> int | None:
-        """Status of GET /health, or None when nothing answers."""
+    async def _get(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
+        """(status, body) of GET path on the instance, or None when nothing answers in time."""
         try:
             async with self._client().get(
-                f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=timeout_s)
+                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
-                return response.status
+                return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
+
+    async def health(self, timeout_s: float = 2.0) -> int | None:
+        """Status of GET /health, or None when nothing answers."""
+        answer = await self._get("/health", timeout_s)
+        return None if answer is None else answer[0]
 
     async def lists_model(self, timeout_s: float = 2.0) -> bool:
         """Whether GET /v1/models lists our served name."""
-        try:
-            async with self._client().get(
-                f"{self.base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as response:
-                if response.status != 200:
-                    return False
-                body = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        answer = await self._get("/v1/models", timeout_s)
+        if answer is None or answer[0] != 200:
             return False
-        return any(item.get("id") == self.served_name for item in body.get("data", []))
+        try:
+            body = json.loads(answer[1])
+            return any(item.get("id") == self.served_name for item in body.get("data", []))
+        except (ValueError, AttributeError):
+            return False
 
     async def engine_load(self, timeout_s: float = 2.0) -> EngineLoad | None:
         """vLLM's view of its engine from GET /metrics; None if it has no such metrics."""
-        try:
-            async with self._client().get(
-                f"{self.base_url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as response:
-                if response.status != 200:
-                    return None
-                return parse_engine_metrics(await response.text(errors="replace"))
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        answer = await self._get("/metrics", timeout_s)
+        if answer is None or answer[0] != 200:
             return None
+        return parse_engine_metrics(answer[1].decode("utf-8", "replace"))
 
     async def ready(self) -> bool:
         return await self.health() == 200 and await self.lists_model()
