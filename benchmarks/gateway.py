@@ -66,7 +66,10 @@ async def stream_tokens(session: aiohttp.ClientSession, base: str, tokens: int, 
             async with session.post(f"{base}/v1/completions", json=payload) as response:
                 async for line in response.content:
                     if line.startswith(b"data: {"):
-                        count += len(json.loads(line[6:])["choices"])
+                        chunk = json.loads(line[6:])
+                        if "error" in chunk:
+                            raise RuntimeError(f"stream from {base} ended with an error: {chunk['error']}")
+                        count += len(chunk["choices"])
             return count
         except aiohttp.ServerDisconnectedError as error:
             # uvicorn sometimes closes a pooled keep-alive connection as it is reused; nothing

@@ -109,7 +109,22 @@ def read_log_tail(path: Path, count: int = 20) -> list[str]:
 _BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 _PROGRESS_COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total",
                       "vllm:iteration_tokens_total_count", "vllm:request_success_total")
+_WANTED = (*_BUSY_GAUGES, *_PROGRESS_COUNTERS)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def _lines_of(text: str, names: tuple[str, ...]) -> list[str]:
+    """The lines that start with one of names, found by substring search: vLLM exports hundreds
+    of metric lines, and the health check reads them every few seconds."""
+    text = "\n" + text
+    lines = []
+    for name in names:
+        at = text.find("\n" + name)
+        while at >= 0:
+            end = text.find("\n", at + 1)
+            lines.append(text[at + 1:end if end >= 0 else len(text)])
+            at = text.find("\n" + name, at + 1)
+    return lines
 
 
 @dataclass(frozen=True)
@@ -123,9 +138,9 @@ class EngineLoad:
 def parse_engine_metrics(text: str) -> EngineLoad | None:
     """Sum each metric over its label sets; None when the text has none of vLLM's gauges."""
     sums: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _lines_of(text, _WANTED):
         match = _SAMPLE.match(line)
-        if match is None or match.group(1) not in (*_BUSY_GAUGES, *_PROGRESS_COUNTERS):
+        if match is None or match.group(1) not in _WANTED:
             continue
         try:
             sums[match.group(1)] = sums.get(match.group(1), 0.0) + float(match.group(3))

@@ -385,3 +385,23 @@ def test_a_request_during_recovery_joins_the_adopted_server_instead_of_starting_
     assert report.adopted == ["m"]
     assert joined_pid == survivor_pid and launched == [], "a second server was started"
     assert alive([survivor_pid]) == []
+
+
+def test_engine_load_is_read_from_vllms_metrics_text_and_other_lines_are_ignored():
+    from bawt_vllm.supervisor.readiness import EngineLoad, parse_engine_metrics
+
+    text = "\n".join([
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0",model_name="tiny"} 2.0',
+        'vllm:num_requests_running{engine="1",model_name="tiny"} 1.0',
+        'vllm:num_requests_running_total_seen{model_name="tiny"} 99.0',  # a longer name: not ours
+        'vllm:num_requests_waiting{engine="0",model_name="tiny"} 4.0',
+        'vllm:generation_tokens_total{engine="0",model_name="tiny"} 1234.0',
+        'vllm:iteration_tokens_total_bucket{le="1.0",model_name="tiny"} 7.0',
+        'vllm:iteration_tokens_total_count{engine="0",model_name="tiny"} 321.0',
+        'vllm:prompt_tokens_total{model_name="tiny"} not-a-number',
+    ])
+
+    assert parse_engine_metrics(text) == EngineLoad(busy=7.0, progress=(1234.0, 0.0, 321.0, 0.0))
+    assert parse_engine_metrics("process_cpu_seconds_total 3.0\n") is None
