@@ -457,7 +457,7 @@ class Instance:
                 now = time.monotonic()
                 if announced_ready or now >= next_http_check:
                     next_http_check = now + 0.5
-                    if await probe.ready() and self._port_is_ours(process, during_load=True):
+                    if await probe.ready() and self._port_is_ours(process.refresh(), during_load=True):
                         self._vram_running = self._vram_reading()
                         process.refresh()
                         return
@@ -478,14 +478,14 @@ class Instance:
             follower.close()
             await probe.close()
 
-    def _port_is_ours(self, process: ServeProcess, *, during_load: bool) -> bool:
+    def _port_is_ours(self, members: list[ProcessIdentity], *, during_load: bool) -> bool:
         """Whether our own tree, and nobody else, listens on our port.
 
         A foreign listener during the load means another server holds our port (vLLM binds
         before it listens, so the port looked free): the start fails with that reason rather
         than sending our requests to a stranger.
         """
-        listeners = port_listeners(self.placement.port, [m.pid for m in process.refresh()])
+        listeners = port_listeners(self.placement.port, [m.pid for m in members])
         if listeners.foreign and during_load:
             raise StartFailed(self.alias, f"{listeners.describe()}: another server answers on our port; "
                               "it will be placed on another port on the next start", log_path=self.log_path)
@@ -516,10 +516,10 @@ class Instance:
                 code = await process.wait_exit(timeout=self.settings.health_interval_s)
                 if code is not None:
                     return f"vllm serve exited with code {code} after being ready"
-                process.refresh()
+                members = process.refresh()
                 if self.ready_since and time.time() - self.ready_since > RESTART_FORGIVE_AFTER_S:
                     self.restarts = 0
-                verdict, why = await self._check(probe, process, hangs)
+                verdict, why = await self._check(probe, members, hangs)
                 if verdict is Health.HUNG:
                     return why  # the detector's window already spans probe_timeout_s: restart now
                 if verdict is Health.OK:
@@ -535,11 +535,12 @@ class Instance:
         finally:
             await probe.close()
 
-    async def _check(self, probe: HealthProbe, process: ServeProcess, hangs: HangDetector) -> tuple[Health, str]:
+    async def _check(self, probe: HealthProbe, members: list[ProcessIdentity],
+                     hangs: HangDetector) -> tuple[Health, str]:
         status = await probe.health()
         if status != 200:
             return Health.SICK, "/health did not answer" if status is None else f"/health answered {status}"
-        if not self._port_is_ours(process, during_load=False):
+        if not self._port_is_ours(members, during_load=False):
             return Health.SICK, f"port {self.placement.port} is no longer ours alone"
         if not self.settings.liveness_probe:
             return Health.OK, "ok"

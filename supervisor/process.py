@@ -211,33 +211,22 @@ class ServeProcess:
         looked for among all processes (at a stop, and for a tree a previous supervisor left).
         """
         proven = {ident.pid: ident for ident in self._known if ident.alive()}
-        found: list[psutil.Process] = []
-        for ident in list(proven.values()):
-            found += _descendants(ident)
-        if self._group_or_session_proven(proven.values()):
-            found += self._session_and_group_members()
+        table = _process_table()  # one pass over /proc for everything below
+        candidates = _descendants_in(table, proven)
+        if any(_shares(table.get(pid, _NOWHERE), self.pgid, self.sid) for pid in proven):  # our group/session
+            candidates |= {pid for pid, row in table.items() if _shares(row, self.pgid, self.sid)}
         if self.token is not None:
-            found += _token_carriers(self.token, everywhere=everywhere)
-        for proc in found:
-            identity = ProcessIdentity.of(proc.pid)
-            if identity is not None and identity.alive() and proc.pid != os.getpid():
-                proven[identity.pid] = identity
+            pool = table if everywhere else [pid for pid, row in table.items() if row[0] == os.getpid()]
+            candidates |= {pid for pid in pool if carries_token(pid, self.token)}
+        for pid in candidates - set(proven) - {os.getpid()}:
+            identity = ProcessIdentity.of(pid)
+            if identity is not None and identity.alive():
+                proven[pid] = identity
         self._known |= set(proven.values())
         return sorted(proven.values())
 
     def known_members(self) -> list[ProcessIdentity]:
         return sorted(self._known)
-
-    def _group_or_session_proven(self, members: Iterable[ProcessIdentity]) -> bool:
-        """Whether a process proven ours is still in our session or process group."""
-        return any(_in_group_or_session(m.pid, self.pgid, self.sid) for m in members)
-
-    def _session_and_group_members(self) -> list[psutil.Process]:
-        members = []
-        for proc in psutil.process_iter():
-            if proc.pid != os.getpid() and _in_group_or_session(proc.pid, self.pgid, self.sid):
-                members.append(proc)
-        return members
 
     async def wait_exit(self, timeout: float | None = None) -> int | None:
         """Wait for the root to exit; the exit code, or None on timeout."""
@@ -318,24 +307,43 @@ def _in_group_or_session(pid: int, pgid: int, sid: int) -> bool:
         return False
 
 
-def _descendants(ident: ProcessIdentity) -> list[psutil.Process]:
-    proc = ident.process()
-    if proc is None:
-        return []
-    try:
-        return proc.children(recursive=True)
-    except psutil.Error:
-        return []
+ProcRow = tuple[int, int, int]  # (ppid, pgid, sid)
+_NOWHERE: ProcRow = (0, -1, -1)
 
 
-def _token_carriers(token: str, *, everywhere: bool) -> list[psutil.Process]:
-    """Processes carrying a tree's token: among our own children (orphans re-parented to the
-    subreaper), or among every process of ours when `everywhere`."""
-    try:
-        candidates = psutil.process_iter() if everywhere else psutil.Process().children()
-        return [proc for proc in candidates if proc.pid != os.getpid() and carries_token(proc.pid, token)]
-    except psutil.Error:
-        return []
+def _process_table() -> dict[int, ProcRow]:
+    """Every process's parent, group and session, read from /proc/<pid>/stat in one pass."""
+    table: dict[int, ProcRow] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if len(fields) >= 4:
+            table[int(name)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def _shares(row: ProcRow, pgid: int, sid: int) -> bool:
+    return row[1] == pgid or row[2] == sid
+
+
+def _descendants_in(table: dict[int, ProcRow], roots: Iterable[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, row in table.items():
+        children.setdefault(row[0], []).append(pid)
+    found: set[int] = set()
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
 
 
 def _signal(member: ProcessIdentity, sig: int) -> None:
