@@ -88,7 +88,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "if total is not None and now - started > total:", "if False:",
            (P + "test_the_total_timeout_ends_a_load_that_keeps_logging",)),
     Mutant("port-always-ours", "supervisor/instance.py",
-           "        listeners = port_listeners(self.placement.port, [m.pid for m in process.refresh()])\n",
+           "        listeners = port_listeners(self.placement.port, [m.pid for m in members])\n",
            "        return True\n",
            (FAULTS + "test_a_foreign_server_on_our_port_during_the_load_is_never_called_ready",)),
     # -- restarts -------------------------------------------------------------------------------
