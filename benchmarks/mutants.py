@@ -186,7 +186,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "if True:",
            (FAULTS + "test_a_stale_tree_is_not_killed_through_the_strangers_group_or_session",)),
     Mutant("signal-group-unchecked", "supervisor/process.py",
-           "        if not any(_in_group_or_session(m.pid, self.pgid, -1) for m in members):\n            return\n",
+           "        if not any(_in_group(m.pid, self.pgid) for m in members):\n            return\n",
            "",
            (FAULTS + "test_a_stale_tree_is_not_killed_through_the_strangers_group_or_session",)),
     # -- state records ---------------------------------------------------------------------------

@@ -253,7 +253,7 @@ class ServeProcess:
         report = KillReport(took_s=0.0)
         self._signal_group(signal.SIGTERM, members)
         for member in members:
-            if not _in_group_or_session(member.pid, self.pgid, -1):
+            if not _in_group(member.pid, self.pgid):
                 _signal(member, signal.SIGTERM)  # the root if it left its group, escapees
         await self._wait_gone(grace_s)
         leftovers = self.refresh(everywhere=True)
@@ -271,7 +271,7 @@ class ServeProcess:
 
     def _signal_group(self, sig: int, members: Iterable[ProcessIdentity]) -> None:
         """Signal our process group, only while a member proven ours is in it."""
-        if not any(_in_group_or_session(m.pid, self.pgid, -1) for m in members):
+        if not any(_in_group(m.pid, self.pgid) for m in members):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
@@ -300,9 +300,9 @@ class ServeProcess:
                 os.waitpid(member.pid, os.WNOHANG)
 
 
-def _in_group_or_session(pid: int, pgid: int, sid: int) -> bool:
+def _in_group(pid: int, pgid: int) -> bool:
     try:
-        return os.getpgid(pid) == pgid or os.getsid(pid) == sid
+        return os.getpgid(pid) == pgid
     except (ProcessLookupError, PermissionError):
         return False
 
