@@ -56,7 +56,7 @@ class Daemon:
         self.process = subprocess.Popen([sys.executable, "-m", "bawt_vllm.supervisor.cli", "daemon", "--config",
                                          str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
-        from bawt_vllm.supervisor.client import DaemonClient
+        from bawt_vllm.supervisor.control.client import DaemonClient
 
         self.client = DaemonClient(self.state_dir / "control.sock")
         deadline = time.monotonic() + 30

@@ -48,14 +48,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import STANDIN
-from bawt_vllm.supervisor import client as client_module
-from bawt_vllm.supervisor.client import DaemonClient, DaemonError
-from bawt_vllm.supervisor.config import ConfigError, load_config
-from bawt_vllm.supervisor.instance import StartFailed, State
-from bawt_vllm.supervisor.pool import Pool, PoolClosed
-from bawt_vllm.supervisor.ports import port_answers
-from bawt_vllm.supervisor.process import TREE_TOKEN_ENV, ProcessIdentity
-from bawt_vllm.supervisor.statefile import InstanceRecord, StateStore
+from bawt_vllm.supervisor.config.loading import ConfigError, load_config
+from bawt_vllm.supervisor.control.client import DaemonClient, DaemonError
+from bawt_vllm.supervisor.control import client as client_module
+from bawt_vllm.supervisor.runtime.instance import StartFailed, State
+from bawt_vllm.supervisor.runtime.pool import Pool, PoolClosed
+from bawt_vllm.supervisor.runtime.ports import port_answers
+from bawt_vllm.supervisor.runtime.process import TREE_TOKEN_ENV, ProcessIdentity
+from bawt_vllm.supervisor.runtime.statefile import InstanceRecord, StateStore
 
 CASE_ENV = "BAWT_FAULTS_CASE"
 """Every process a case starts inherits this variable (the case's own random tag)."""
@@ -67,13 +67,14 @@ FAST = {"stop_grace_s": 2.0, "health_interval_s": 0.2, "restart_backoff_s": 0.05
 # `bawt-vllm daemon`, with module constants set from $BAWT_FAULTS_TUNE first (a missing one is an error).
 LAUNCH = """\
 import json, os, sys
-from bawt_vllm.supervisor import control, gateway
+from bawt_vllm.supervisor.control import server as control
+from bawt_vllm.supervisor.serve import gateway
 for module, name, value in json.loads(os.environ.get("BAWT_FAULTS_TUNE", "[]")):
     target = {"control": control, "gateway": gateway}[module]
     if not hasattr(target, name):
         sys.exit(f"faults benchmark: bawt_vllm.supervisor.{module} has no {name} to shorten")
     setattr(target, name, value)
-from bawt_vllm.supervisor.cli import main
+from bawt_vllm.supervisor.cli.app import main
 main()
 """
 # A stranger: its own session, every catchable signal written to stdout as its number.

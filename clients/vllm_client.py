@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bawt_vllm.supervisor.toolformat import PROVIDER_VLLM, get_tool_format
+from bawt_vllm.supervisor.config.toolformat import PROVIDER_VLLM, get_tool_format
 
 log = logging.getLogger("bawt_vllm.clients")
 
@@ -36,7 +36,7 @@ class VLLMClientError(RuntimeError):
 
 
 def _load_config(path: Path | None) -> Any:
-    from bawt_vllm.supervisor.config import load_config
+    from bawt_vllm.supervisor.config.loading import load_config
 
     return load_config(path)
 
@@ -58,8 +58,8 @@ def is_vllm_available(config_path: Path | None = None) -> bool:
     executable = config.settings.vllm_executable
     if shutil.which(executable) or (os.path.isfile(executable) and os.access(executable, os.X_OK)):
         return True
-    from bawt_vllm.supervisor.client import DaemonClient
-    from bawt_vllm.supervisor.locations import control_socket
+    from bawt_vllm.supervisor.config.paths import control_socket
+    from bawt_vllm.supervisor.control.client import DaemonClient
 
     return DaemonClient(control_socket(Path(config.settings.state_dir))).ping()
 
@@ -103,7 +103,7 @@ class VLLMClient:
     def _gateway_url(self) -> str:
         if self._supervisor is None:
             return "http://127.0.0.1:8400/v1"
-        from bawt_vllm.supervisor.entries import gateway_base_url
+        from bawt_vllm.supervisor.catalog.entries import gateway_base_url
 
         return gateway_base_url(self._supervisor.settings)
 
@@ -155,11 +155,11 @@ class VLLMClient:
 
         Waits as long as the stop takes (the daemon's stop_grace_s bounds it, and its heartbeats
         show it is alive); a daemon that stops answering raises VLLMClientError."""
-        from bawt_vllm.supervisor.client import DaemonClient, DaemonError, DaemonNotRunning
+        from bawt_vllm.supervisor.control.client import DaemonClient, DaemonError, DaemonNotRunning
 
         if self._supervisor is None:
             raise VLLMClientError("no bawt-vllm config found: cannot reach the daemon to unload")
-        from bawt_vllm.supervisor.locations import control_socket
+        from bawt_vllm.supervisor.config.paths import control_socket
 
         client = DaemonClient(control_socket(Path(self._supervisor.settings.state_dir)))
         try:

@@ -216,7 +216,7 @@ class RunningDaemon:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def __enter__(self) -> RunningDaemon:
-        from bawt_vllm.supervisor.client import DaemonClient
+        from bawt_vllm.supervisor.control.client import DaemonClient
 
         self.client = DaemonClient(self.socket)
         if not wait_until(lambda: self.client.ping() or self.process.poll() is not None, 30):

@@ -1,6 +1,6 @@
 """A small local stand-in for the Hugging Face Hub, for tests of `bawt-vllm add` / `pull`.
 
-It answers the routes huggingface_hub uses for what supervisor/hub.py calls (read from
+It answers the routes huggingface_hub uses for what supervisor/catalog/hub.py calls (read from
 huggingface_hub's own source, 2.x and earlier):
 
 - `GET /api/models?search=&sort=&limit=&expand=...`           HfApi.list_models

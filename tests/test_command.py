@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bawt_vllm.supervisor.command import ServeCommand, build_serve_command
-from bawt_vllm.supervisor.config import ModelEntry, Settings
+from bawt_vllm.supervisor.config.loading import ModelEntry, Settings
+from bawt_vllm.supervisor.runtime.command import ServeCommand, build_serve_command
 
 BASE_ARGV = [
     "vllm",

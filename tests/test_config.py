@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bawt_vllm.supervisor.config import (
+from bawt_vllm.supervisor.config.loading import (
     ConfigError,
     ConfigProblem,
     Settings,
@@ -16,7 +16,7 @@ from bawt_vllm.supervisor.config import (
     find_config_path,
     load_config,
 )
-from bawt_vllm.supervisor.toolformat import get_tool_format
+from bawt_vllm.supervisor.config.toolformat import get_tool_format
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "models.yaml.example"
 GOOD_ENTRY = "type: vllm\nmodel_id: org/model\ntool_support: none"

@@ -10,7 +10,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from bawt_vllm.supervisor.config import (
+from bawt_vllm.supervisor.config.loading import (
     ALIAS_PATTERN,
     ENTRY_KEYS,
     MAX_SECONDS,
@@ -22,7 +22,7 @@ from bawt_vllm.supervisor.config import (
     is_safe_alias,
     load_config,
 )
-from bawt_vllm.supervisor.locations import MAX_CONFIG_BYTES, find_log, quick_state_dir
+from bawt_vllm.supervisor.config.paths import MAX_CONFIG_BYTES, find_log, quick_state_dir
 
 GOOD_ENTRY = "type: vllm\nmodel_id: org/model\ntool_support: none"
 ONE_MODEL = "models:\n  tiny:\n" + textwrap.indent(GOOD_ENTRY, "    ") + "\n"

@@ -12,8 +12,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.pool import Pool
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.runtime.pool import Pool
 from helpers import (
     RunningDaemon,
     alive,

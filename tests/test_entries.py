@@ -1,6 +1,6 @@
 """`bawt-vllm entries`: the llm-bawt openai-type entries, and merging them into llm-bawt's
-models.yaml without disturbing a byte of what the user wrote (supervisor/entries.py,
-supervisor/yamlfile.py)."""
+models.yaml without disturbing a byte of what the user wrote (supervisor/catalog/entries.py,
+supervisor/catalog/yamlfile.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bawt_vllm.supervisor import yamlfile
-from bawt_vllm.supervisor.config import Config, Settings, load_config
-from bawt_vllm.supervisor.entries import (
+from bawt_vllm.supervisor.catalog import yamlfile as yamlfile
+from bawt_vllm.supervisor.catalog.entries import (
     MANAGED_KEY,
     MANAGED_VALUE,
     apply_merge,
@@ -21,7 +20,8 @@ from bawt_vllm.supervisor.entries import (
     openai_entries,
     plan_merge,
 )
-from bawt_vllm.supervisor.yamlfile import ConfigWriteError
+from bawt_vllm.supervisor.catalog.yamlfile import ConfigWriteError
+from bawt_vllm.supervisor.config.loading import Config, Settings, load_config
 
 SUPERVISED = """\
 bawt_vllm:
@@ -296,7 +296,7 @@ def test_unwritable_directory_is_a_clear_error(
     def no_temp_file(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(target.parent))
 
-    monkeypatch.setattr("bawt_vllm.supervisor.atomic.tempfile.mkstemp", no_temp_file)
+    monkeypatch.setattr("bawt_vllm.supervisor.config.atomic.tempfile.mkstemp", no_temp_file)
     with pytest.raises(ConfigWriteError, match="cannot write") as raised:
         apply_merge(plan_merge(config, target))
     assert "Permission denied" in str(raised.value)

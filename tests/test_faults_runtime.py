@@ -18,11 +18,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.instance import StartFailed, State
-from bawt_vllm.supervisor.pool import ConfigRejected, Pool, PoolClosed
-from bawt_vllm.supervisor.process import ProcessIdentity, ServeProcess
-from bawt_vllm.supervisor.statefile import InstanceRecord, StateStore
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.runtime.instance import StartFailed, State
+from bawt_vllm.supervisor.runtime.pool import ConfigRejected, Pool, PoolClosed
+from bawt_vllm.supervisor.runtime.process import ProcessIdentity, ServeProcess
+from bawt_vllm.supervisor.runtime.statefile import InstanceRecord, StateStore
 from helpers import (
     STANDIN_VLLM,
     alive,
@@ -323,7 +323,7 @@ def test_a_survivor_with_its_own_api_key_is_adopted(tmp_path, monkeypatch):
 
 
 def test_a_record_of_a_tree_that_survived_its_kill_stays_on_disk(tmp_path, monkeypatch):
-    from bawt_vllm.supervisor.process import KillReport
+    from bawt_vllm.supervisor.runtime.process import KillReport
 
     pool = make_pool(tmp_path, {"m": standin_entry()})
 
@@ -350,7 +350,7 @@ def test_a_record_of_a_tree_that_survived_its_kill_stays_on_disk(tmp_path, monke
 def test_a_port_bound_but_not_yet_listening_elsewhere_is_not_handed_out():
     import socket
 
-    from bawt_vllm.supervisor.ports import PortAllocator
+    from bawt_vllm.supervisor.runtime.ports import PortAllocator
 
     loading_elsewhere = socket.socket()  # how vLLM holds its port during a load: bound, not listening
     loading_elsewhere.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -388,7 +388,7 @@ def test_a_request_during_recovery_joins_the_adopted_server_instead_of_starting_
 
 
 def test_engine_load_is_read_from_vllms_metrics_text_and_other_lines_are_ignored():
-    from bawt_vllm.supervisor.readiness import EngineLoad, parse_engine_metrics
+    from bawt_vllm.supervisor.runtime.readiness import EngineLoad, parse_engine_metrics
 
     text = "\n".join([
         "# HELP vllm:num_requests_running Number of requests in model execution batches.",

@@ -21,12 +21,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from bawt_vllm.supervisor import gateway as gateway_module
-from bawt_vllm.supervisor.config import Config, load_config
-from bawt_vllm.supervisor.gateway import Gateway
-from bawt_vllm.supervisor.instance import State
-from bawt_vllm.supervisor.metrics import Metrics
-from bawt_vllm.supervisor.pool import Pool
+from bawt_vllm.supervisor.config.loading import Config, load_config
+from bawt_vllm.supervisor.runtime.instance import State
+from bawt_vllm.supervisor.runtime.pool import Pool
+from bawt_vllm.supervisor.serve import gateway as gateway_module
+from bawt_vllm.supervisor.serve.gateway import Gateway
+from bawt_vllm.supervisor.serve.metrics import Metrics
 from helpers import LineReader, run, standin_entry, standin_settings, wait_until, write_models_yaml
 
 MiB = 1024 * 1024
@@ -394,10 +394,10 @@ def test_a_body_that_stops_arriving_is_answered_408(tmp_path, monkeypatch):
 SERVE_WITH_FEW_DESCRIPTORS = """
 import asyncio, logging, resource, sys
 from aiohttp import web
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.gateway import Gateway
-from bawt_vllm.supervisor.metrics import Metrics
-from bawt_vllm.supervisor.pool import Pool
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.serve.gateway import Gateway
+from bawt_vllm.supervisor.serve.metrics import Metrics
+from bawt_vllm.supervisor.runtime.pool import Pool
 
 async def main():
     pool = Pool(load_config(sys.argv[1]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bawt_vllm.supervisor.gateway import Gateway
+from bawt_vllm.supervisor.serve.gateway import Gateway
 from helpers import run
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

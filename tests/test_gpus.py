@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from bawt_vllm.supervisor.gpus import (
+from bawt_vllm.supervisor.runtime.gpus import (
     GIB,
     GpuInfo,
     GpuInventory,

@@ -1,4 +1,4 @@
-"""`bawt-vllm add` / `pull` (supervisor/hub.py) against a local Hub stand-in (tests/hub_standin.py)."""
+"""`bawt-vllm add` / `pull` (supervisor/catalog/hub.py) against a local Hub stand-in (tests/hub_standin.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bawt_vllm.supervisor import hub
-from bawt_vllm.supervisor.config import ConfigError, load_config
+from bawt_vllm.supervisor.catalog import hub as hub
+from bawt_vllm.supervisor.config.loading import ConfigError, load_config
 from hub_standin import TESTBED_MODEL_ENV, TINY_REPO, HubStandin, default_repos, hub_environment, point_huggingface_hub
 
 INSTRUCT = "bawt/Qwen2.5-0.5B-Instruct"
@@ -146,7 +146,7 @@ def test_unreachable_hub_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
 def test_environment_alone_is_enough_for_a_fresh_process(standin: HubStandin, tmp_path: Path) -> None:
     """What a `bawt-vllm add` subprocess sees: HF_ENDPOINT/HF_HOME set before huggingface_hub is imported."""
     env = {**os.environ, **hub_environment(standin.url, tmp_path / "hf-home")}
-    code = "from bawt_vllm.supervisor import hub; print([c.repo_id for c in hub.search_models('awq')])"
+    code = "from bawt_vllm.supervisor.catalog import hub as hub; print([c.repo_id for c in hub.search_models('awq')])"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr([AWQ])

@@ -30,15 +30,15 @@ import openai
 import psutil
 import pytest
 from aiohttp import web
-from bawt_vllm.supervisor import instance as instance_module
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.gateway import Gateway
-from bawt_vllm.supervisor.gpus import GIB, GpuInfo, GpuInventory, GpuProcess, NoGpuInventory
-from bawt_vllm.supervisor.instance import Instance, StartFailed, State
-from bawt_vllm.supervisor.metrics import Metrics
-from bawt_vllm.supervisor.pool import Pool, PoolClosed
-from bawt_vllm.supervisor.process import ServeProcess
-from bawt_vllm.supervisor.statefile import StateStore
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.runtime import instance as instance_module
+from bawt_vllm.supervisor.runtime.gpus import GIB, GpuInfo, GpuInventory, GpuProcess, NoGpuInventory
+from bawt_vllm.supervisor.runtime.instance import Instance, StartFailed, State
+from bawt_vllm.supervisor.runtime.pool import Pool, PoolClosed
+from bawt_vllm.supervisor.runtime.process import ServeProcess
+from bawt_vllm.supervisor.runtime.statefile import StateStore
+from bawt_vllm.supervisor.serve.gateway import Gateway
+from bawt_vllm.supervisor.serve.metrics import Metrics
 from helpers import STANDIN_VLLM, alive, run, standin_entry, standin_settings, tracked, write_models_yaml
 
 # -- the stand-in, wrapped with the faults it has no mode for -----------------------------------
@@ -801,7 +801,7 @@ import asyncio, json, os, sys, time
 from pathlib import Path
 
 import psutil
-from bawt_vllm.supervisor.process import ServeProcess, become_subreaper
+from bawt_vllm.supervisor.runtime.process import ServeProcess, become_subreaper
 
 TREE = (
     "import os, time\n"

@@ -15,9 +15,9 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.instance import State
-from bawt_vllm.supervisor.pool import Pool
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.runtime.instance import State
+from bawt_vllm.supervisor.runtime.pool import Pool
 from helpers import (
     ForegroundSupervisor,
     RunningDaemon,
@@ -131,7 +131,7 @@ def test_daemon_end_to_end(tmp_path, testbed):
         started = daemon_pid(tmp_path / "state")
         assert up.returncode == 0, up.stderr
         assert "starting one" in up.stderr and "[weights loaded]" in up.stderr and "tiny is ready" in up.stdout
-        from bawt_vllm.supervisor.client import DaemonClient
+        from bawt_vllm.supervisor.control.client import DaemonClient
 
         control = DaemonClient(tmp_path / "state" / "control.sock")
         status = control.status()

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from bawt_vllm.supervisor.config import load_config
-from bawt_vllm.supervisor.instance import TRANSITIONS, IllegalTransition, StartFailed, State
-from bawt_vllm.supervisor.pool import CapacityError, Pool
-from bawt_vllm.supervisor.process import ProcessIdentity, ServeProcess
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.runtime.instance import TRANSITIONS, IllegalTransition, StartFailed, State
+from bawt_vllm.supervisor.runtime.pool import CapacityError, Pool
+from bawt_vllm.supervisor.runtime.process import ProcessIdentity, ServeProcess
 from helpers import (
     ForegroundSupervisor,
     alive,
@@ -276,7 +276,7 @@ def test_serve_process_reaps_zombies(tmp_path):
 
 
 def _gpu(index: int, free_gib: float, total_gib: float = 80.0):
-    from bawt_vllm.supervisor.gpus import GIB, GpuInfo
+    from bawt_vllm.supervisor.runtime.gpus import GIB, GpuInfo
 
     used = int((total_gib - free_gib) * GIB)
     return GpuInfo(index=index, uuid=f"GPU-{index}", name="H100", total_bytes=int(total_gib * GIB), used_bytes=used,
@@ -284,7 +284,7 @@ def _gpu(index: int, free_gib: float, total_gib: float = 80.0):
 
 
 def test_one_gpu_each_with_pci_order_and_a_clear_error_when_full(tmp_path):
-    from bawt_vllm.supervisor.gpus import StaticInventory
+    from bawt_vllm.supervisor.runtime.gpus import StaticInventory
 
     models = {name: standin_entry(env={"FAKE_VLLM_ARGV_FILE": str(tmp_path / f"{name}.json")},
                                   gpu_memory_utilization=0.5) for name in ("a", "b", "c")}

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bawt_vllm.supervisor import service
-from bawt_vllm.supervisor.notify import notify_ready, notify_reloading, notify_status, notify_stopping, sd_notify
-from bawt_vllm.supervisor.service import (
+from bawt_vllm.supervisor.serve import systemd as service
+from bawt_vllm.supervisor.serve.notify import notify_ready, notify_reloading, notify_status, notify_stopping, sd_notify
+from bawt_vllm.supervisor.serve.systemd import (
     DEFAULT_EXECUTABLE,
     ENV_EXAMPLE,
     ServiceInstall,
@@ -90,7 +90,7 @@ def test_verify_really_checks_the_unit(systemd_analyze: str, tmp_path: Path) -> 
 def test_checked_in_units_match_render_unit(name: str, user: bool) -> None:
     expected = render_unit(user=user, executable=DEFAULT_EXECUTABLE, config=None)
     assert (SYSTEMD_DIR / name).read_text() == expected, (
-        f"systemd/{name} drifted from supervisor/service.py; regenerate it from render_unit()"
+        f"systemd/{name} drifted from supervisor/serve/systemd.py; regenerate it from render_unit()"
     )
 
 
@@ -303,7 +303,7 @@ def test_system_unit_settings() -> None:
 
 
 def test_state_dir_under_the_system_unit_is_the_state_directory() -> None:
-    from bawt_vllm.supervisor.config import default_state_dir
+    from bawt_vllm.supervisor.config.loading import default_state_dir
 
     unit = _directives(render_unit(user=False, executable=DEFAULT_EXECUTABLE, config=None))
     environ = dict(value.split("=", 1) for value in unit["Environment"])

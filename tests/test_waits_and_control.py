@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
-from bawt_vllm.supervisor import cli as cli_module
-from bawt_vllm.supervisor import client as client_module
-from bawt_vllm.supervisor.client import DaemonClient, DaemonUnresponsive, _UnixConnection
+from bawt_vllm.supervisor.cli import app as cli_module
+from bawt_vllm.supervisor.control.client import DaemonClient, DaemonUnresponsive, _UnixConnection
+from bawt_vllm.supervisor.control import client as client_module
 from helpers import RunningDaemon, free_port, standin_entry, standin_settings, write_models_yaml
 
 SILENT_S = 3.0  # a load stage, or a stop grace, with no output at all
@@ -34,10 +34,10 @@ TUNED = {"HEARTBEAT_S": 0.2, "BODY_READ_TIMEOUT_S": 0.5}
 # `bawt-vllm daemon`, with the control module's constants set from $BAWT_TEST_CONTROL first.
 LAUNCH = """\
 import json, os
-from bawt_vllm.supervisor import control
+from bawt_vllm.supervisor.control import server as control
 for name, value in json.loads(os.environ["BAWT_TEST_CONTROL"]).items():
     setattr(control, name, value)
-from bawt_vllm.supervisor.cli import main
+from bawt_vllm.supervisor.cli.app import main
 main()
 """
 
@@ -226,9 +226,9 @@ def test_models_are_named_by_alias_or_served_name(edge_daemon):
 def serve_reload(tmp_path: Path, reload: Callable[[], Awaitable[list[str]]], calls: int) -> list[tuple[int, Any]]:
     """(status, JSON) of `calls` concurrent POST /reload to an in-process control API."""
     from aiohttp.test_utils import TestClient, TestServer
-    from bawt_vllm.supervisor.config import load_config
-    from bawt_vllm.supervisor.control import ControlApi
-    from bawt_vllm.supervisor.pool import Pool
+    from bawt_vllm.supervisor.config.loading import load_config
+    from bawt_vllm.supervisor.control.server import ControlApi
+    from bawt_vllm.supervisor.runtime.pool import Pool
 
     config = load_config(config_for(tmp_path, {"m": standin_entry()}))
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import LLM_BAWT_CONFIG_ENV_VAR, Config, ModelEntry, Settings
-from .ports import url_host
-from .toolformat import EXPLICIT_TOOL_SUPPORT, PROVIDER_OPENAI, runs_on_vllm
+from ..config.loading import LLM_BAWT_CONFIG_ENV_VAR, Config, ModelEntry, Settings
+from ..config.toolformat import EXPLICIT_TOOL_SUPPORT, PROVIDER_OPENAI, runs_on_vllm
+from ..runtime.ports import url_host
 from .yamlfile import (
     MODELS_KEY,
     ConfigReadError,

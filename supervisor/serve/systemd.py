@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_atomically
+from ..config.atomic import write_atomically
 
 __all__ = [
     "DEFAULT_EXECUTABLE",

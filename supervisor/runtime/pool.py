@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config.loading import Config, ModelEntry
+from ..config.paths import log_dir as logs_in
 from .command import build_serve_command
-from .config import Config, ModelEntry
 from .gpus import GpuInventory, GpuUnavailableError, choose_gpus, detect_inventory
 from .instance import LIVE_STATES, Event, Instance, Placement, StartFailed, State, StopResult
 from .listeners import port_listeners
-from .locations import log_dir as logs_in
 from .ports import PortAllocator, url_host
 from .process import ServeProcess
 from .readiness import HealthProbe
@@ -179,7 +179,7 @@ class Pool:
             return None
         key = (entry.repo_id or "", entry.filename or "")
         if key not in self._gguf_paths:
-            from .hub import pull
+            from ..catalog.hub import pull
 
             self._gguf_paths[key] = str(await asyncio.to_thread(pull, entry, progress=False))
         return self._gguf_paths[key]

@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from .locations import (
+from .paths import (
     ALIAS_PATTERN,
     ALIAS_RULE,
     CONFIG_ENV_VAR,
@@ -54,7 +54,7 @@ __all__ = [
     "UnknownModelError", "check_config", "default_state_dir", "find_config_path", "is_safe_alias", "load_config",
 ]
 
-from .command import reserved_flag_problems
+from ..runtime.command import reserved_flag_problems
 from .toolformat import PROVIDER_GGUF, PROVIDER_VLLM, TOOL_FORMAT_NATIVE, get_tool_format, runs_on_vllm
 
 DEFAULT_API_KEY_ENV = "BAWT_VLLM_API_KEY"

@@ -20,8 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from ..config.loading import ModelEntry, Settings
 from .command import ServeCommand, build_serve_command
-from .config import ModelEntry, Settings
 from .gpus import GpuInventory, NoGpuInventory, VramRelease, used_bytes, wait_vram_released
 from .listeners import port_listeners
 from .ports import url_host

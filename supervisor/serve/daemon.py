@@ -21,17 +21,17 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import Config, ConfigError, load_config
-from .control import ControlApi
-from .entries import gateway_base_url
+from ..catalog.entries import gateway_base_url
+from ..config.loading import Config, ConfigError, load_config
+from ..config.paths import control_socket
+from ..control.server import ControlApi
+from ..runtime.pool import ConfigRejected, Pool
+from ..runtime.process import become_subreaper
+from ..runtime.statefile import StateDirLock
 from .gateway import Gateway
-from .locations import control_socket
 from .metrics import Metrics
 from .notify import notify_ready, notify_status, notify_stopping
-from .pool import ConfigRejected, Pool
-from .process import become_subreaper
 from .signals import SignalHub
-from .statefile import StateDirLock
 
 log = logging.getLogger("bawt_vllm.daemon")
 

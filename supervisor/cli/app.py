@@ -34,7 +34,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _load(config_path: Path | None) -> Any:
-    from .config import ConfigError, load_config
+    from ..config.loading import ConfigError, load_config
 
     try:
         return load_config(config_path)
@@ -45,7 +45,7 @@ def _load(config_path: Path | None) -> Any:
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate models.yaml and print every problem at once."""
-    from .config import ConfigError, check_config, find_config_path
+    from ..config.loading import ConfigError, check_config, find_config_path
 
     try:
         path = find_config_path(config)
@@ -76,8 +76,8 @@ def up(
     if foreground:
         import asyncio
 
-        from .foreground import run_foreground
-        from .statefile import StateDirBusy
+        from ..runtime.statefile import StateDirBusy
+        from ..serve.foreground import run_foreground
 
         try:
             raise typer.Exit(asyncio.run(run_foreground(loaded, model, _say)))
@@ -85,7 +85,7 @@ def up(
             raise _fail(f"{error}; stop it first, or drop --foreground to ask the daemon") from None
     _say_if_weights_missing(loaded.entry(model))
     client = _client(loaded, autostart=True)
-    from .client import DaemonError
+    from ..control.client import DaemonError
 
     try:
         try:
@@ -115,7 +115,7 @@ def down(
     """Stop MODEL (or --all) and print the proof that it is gone."""
     if (model is None) == (not all_models):
         raise _fail("name a model or pass --all", 2)
-    from .client import DaemonError, DaemonNotRunning
+    from ..control.client import DaemonError, DaemonNotRunning
 
     try:
         results = _down_with_progress(_fast_client(config), model, all_models)
@@ -140,7 +140,7 @@ def down(
 @app.command()
 def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """Every configured model: state, GPU, port, pid, uptime, VRAM, requests in flight, idle time."""
-    from .client import DaemonNotRunning
+    from ..control.client import DaemonNotRunning
 
     try:
         rows = _fast_client(config).status()["models"]
@@ -164,7 +164,7 @@ def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
 @app.command()
 def status(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """The daemon: pid, gateway, config, uptime, and each model's state."""
-    from .client import DaemonNotRunning
+    from ..control.client import DaemonNotRunning
 
     try:
         payload = _fast_client(config).status()
@@ -191,7 +191,7 @@ def logs(
     config: ConfigOption = None,
 ) -> None:
     """Print MODEL's vllm serve log (the current start's, or --start N)."""
-    from .client import DaemonError, DaemonNotRunning
+    from ..control.client import DaemonError, DaemonNotRunning
 
     try:
         for chunk in _fast_client(config).logs(model, start=start, lines=lines, follow=follow):
@@ -208,7 +208,7 @@ def logs(
 @app.command()
 def reload(config: ConfigOption = None) -> None:
     """Make the daemon re-read models.yaml (like SIGHUP): changed or removed models are stopped."""
-    from .client import DaemonError
+    from ..control.client import DaemonError
 
     try:
         changes = _fast_client(config).reload()
@@ -223,8 +223,8 @@ def reload(config: ConfigOption = None) -> None:
 @app.command()
 def daemon(config: ConfigOption = None) -> None:
     """Run the daemon in the foreground (what systemd runs): control socket + OpenAI gateway."""
-    from .daemon import run_daemon
-    from .statefile import StateDirBusy
+    from ..runtime.statefile import StateDirBusy
+    from ..serve.daemon import run_daemon
 
     try:
         raise typer.Exit(run_daemon(config))
@@ -309,7 +309,7 @@ def service_install(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the unit; write nothing.")] = False,
 ) -> None:
     """Write the systemd unit with this installation's paths and print the systemctl commands."""
-    from .service import install_service, render_unit
+    from ..serve.systemd import install_service, render_unit
 
     config_path = config.expanduser().resolve() if config else None
     try:
@@ -329,7 +329,7 @@ def service_install(
 
 
 def _executable() -> str:
-    from .service import default_executable
+    from ..serve.systemd import default_executable
 
     return default_executable()
 
@@ -337,7 +337,7 @@ def _executable() -> str:
 @app.command()
 def gpus(json_output: JsonOption = False) -> None:
     """GPUs as NVML sees them, with the processes on each."""
-    from .gpus import describe, detect_inventory
+    from ..runtime.gpus import describe, detect_inventory
 
     table = describe(detect_inventory().snapshot())
     if json_output:
@@ -357,7 +357,7 @@ def gpus(json_output: JsonOption = False) -> None:
 
 
 def _known(loaded: Any, model: str) -> None:
-    from .config import UnknownModelError
+    from ..config.loading import UnknownModelError
 
     try:
         loaded.entry(model)
@@ -367,8 +367,8 @@ def _known(loaded: Any, model: str) -> None:
 
 def _client(loaded: Any, *, autostart: bool = False) -> Any:
     """A client for this config's daemon; with autostart, start one if none answers."""
-    from .client import DaemonClient, DaemonError, start_daemon
-    from .locations import control_socket
+    from ..config.paths import control_socket
+    from ..control.client import DaemonClient, DaemonError, start_daemon
 
     state_dir = Path(loaded.settings.state_dir)
     client = DaemonClient(control_socket(state_dir))
@@ -382,7 +382,7 @@ def _client(loaded: Any, *, autostart: bool = False) -> Any:
 
 
 def _say_if_weights_missing(entry: Any) -> None:
-    from .hub import weights_present
+    from ..catalog.hub import weights_present
 
     try:
         present = weights_present(entry)
@@ -395,8 +395,8 @@ def _say_if_weights_missing(entry: Any) -> None:
 
 def _fast_client(config_path: Path | None) -> Any:
     """A client for the daemon, found without validating the whole config (keeps `ps` fast)."""
-    from .client import DaemonClient
-    from .locations import ConfigError, control_socket, find_config_path, quick_state_dir
+    from ..config.paths import ConfigError, control_socket, find_config_path, quick_state_dir
+    from ..control.client import DaemonClient
 
     try:
         state_dir = quick_state_dir(find_config_path(config_path))
@@ -475,8 +475,8 @@ def _show_event(event: dict[str, Any]) -> None:
 
 
 def _print_log_file(loaded: Any, model: str, start: int | None, lines: int) -> None:
-    from .locations import find_log, log_dir
-    from .readiness import read_log_tail
+    from ..config.paths import find_log, log_dir
+    from ..runtime.readiness import read_log_tail
 
     logs = log_dir(Path(loaded.settings.state_dir))
     path = find_log(logs, model, start)
@@ -518,10 +518,4 @@ def main() -> None:
         sys.exit(130)
 
 
-from . import cli_models  # noqa: E402,F401  (registers entries, add, pull)
-
-if __name__ == "__main__":
-    # Run the package's copy of this module, where cli_models registered its commands.
-    from bawt_vllm.supervisor.cli import main as _package_main
-
-    _package_main()
+from . import models  # noqa: E402,F401  (registers entries, add, pull)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ConfigProblem, check_config
-from .toolformat import PROVIDER_GGUF, PROVIDER_VLLM, TOOL_FORMAT_NATIVE, TOOL_FORMAT_REACT
+from ..config.loading import ConfigError, ConfigProblem, check_config
+from ..config.toolformat import PROVIDER_GGUF, PROVIDER_VLLM, TOOL_FORMAT_NATIVE, TOOL_FORMAT_REACT
 from .yamlfile import MODELS_KEY, load_document, parse_document, render, set_model_entry, write_text
 
 MAX_SUGGESTED_MODEL_LEN = 32768

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .toolformat import TOOL_FORMAT_NATIVE
+from ..config.toolformat import TOOL_FORMAT_NATIVE
 
 if TYPE_CHECKING:
-    from .config import ModelEntry, Settings
+    from ..config.loading import ModelEntry, Settings
 
 API_KEY_ENV_VAR = "VLLM_API_KEY"
 """vLLM reads its API key from this variable when `--api-key` is not given."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import write_atomically
+from ..config.atomic import write_atomically
 
 if TYPE_CHECKING:
     from ruamel.yaml import YAML

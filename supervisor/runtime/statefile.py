@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import write_atomically
+from ..config.atomic import write_atomically
 from .process import ProcessIdentity
 
 

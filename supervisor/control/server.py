@@ -24,13 +24,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .config import UnknownModelError
-from .entries import openai_entry_text
-from .gpus import describe
-from .instance import Event, Instance, StartFailed, State, StopResult
-from .locations import find_log
-from .pool import CapacityError, Pool
-from .readiness import read_log_tail
+from ..catalog.entries import openai_entry_text
+from ..config.loading import UnknownModelError
+from ..config.paths import find_log
+from ..runtime.gpus import describe
+from ..runtime.instance import Event, Instance, StartFailed, State, StopResult
+from ..runtime.pool import CapacityError, Pool
+from ..runtime.readiness import read_log_tail
 
 log = logging.getLogger("bawt_vllm.control")
 T = TypeVar("T")

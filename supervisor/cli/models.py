@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import ConfigOption, _fail, _known, _load, app
+from .app import ConfigOption, _fail, _known, _load, app
 
 
 @app.command()
@@ -27,8 +27,8 @@ def entries(
     = None,
 ) -> None:
     """Print (or --write) the llm-bawt `type: openai` entry for each supervised model."""
-    from .entries import apply_merge, llm_bawt_models_path, openai_entries, plan_merge
-    from .yamlfile import YamlFileError
+    from ..catalog.entries import apply_merge, llm_bawt_models_path, openai_entries, plan_merge
+    from ..catalog.yamlfile import YamlFileError
 
     loaded = _load(config)
     if not write:
@@ -69,8 +69,8 @@ def add(
     config: ConfigOption = None,
 ) -> None:
     """Add a model from Hugging Face to models.yaml (paste ORG/NAME, or --search)."""
-    from .config import ConfigError
-    from .hub import HubError, add_model, choose_gguf_file, entry_for_repo, inspect_repo, propose_alias
+    from ..catalog.hub import HubError, add_model, choose_gguf_file, entry_for_repo, inspect_repo, propose_alias
+    from ..config.loading import ConfigError
 
     if (repo is None) == (search is None):
         raise _fail("give a repo id (ORG/NAME) or --search QUERY", 2)
@@ -103,7 +103,7 @@ def _pick_from_search(query: str, choice: int | None, yes: bool) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from .hub import search_models
+    from ..catalog.hub import search_models
 
     found = search_models(query)
     if not found:
@@ -133,7 +133,7 @@ def _pick_gguf(files: list[str], proposed: str | None, yes: bool) -> str:
 
 def _target_config(config: Path | None) -> Path:
     """The models.yaml to add to: the one in use, else ~/.config/bawt-vllm/models.yaml (created)."""
-    from .locations import ConfigError, find_config_path
+    from ..config.paths import ConfigError, find_config_path
 
     try:
         return find_config_path(config)
@@ -165,8 +165,8 @@ def _entry_preview(alias: str, entry: dict[str, Any]) -> str:
 @app.command()
 def pull(model: Annotated[str, typer.Argument(help="Alias from models.yaml.")], config: ConfigOption = None) -> None:
     """Download MODEL's weights ahead of time (with progress), so `up` does not wait silently."""
-    from .hub import HubError, weights_present
-    from .hub import pull as pull_weights
+    from ..catalog.hub import HubError, weights_present
+    from ..catalog.hub import pull as pull_weights
 
     loaded = _load(config)
     _known(loaded, model)

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .instance import Event, Instance, State
+from ..runtime.instance import Event, Instance, State
 
 _RESTART = re.compile(r"; restart \d+/\d+ in ")
 _LOAD_BUCKETS = (1, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)

@@ -10,13 +10,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .config import Config
-from .entries import openai_entry_text
-from .instance import Event, Instance, StartFailed, State
-from .pool import Pool
-from .process import become_subreaper
+from ..catalog.entries import openai_entry_text
+from ..config.loading import Config
+from ..runtime.instance import Event, Instance, StartFailed, State
+from ..runtime.pool import Pool
+from ..runtime.process import become_subreaper
+from ..runtime.statefile import StateDirLock
 from .signals import SignalHub
-from .statefile import StateDirLock
 
 Say = Callable[[str], None]
 

@@ -32,10 +32,10 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from .config import Config
-from .instance import Instance, StartFailed, State
+from ..config.loading import Config
+from ..runtime.instance import Instance, StartFailed, State
+from ..runtime.pool import CapacityError, Pool
 from .metrics import Metrics
-from .pool import CapacityError, Pool
 
 log = logging.getLogger("bawt_vllm.gateway")
 

@@ -1,0 +1,1 @@
+"""`bawt-vllm`: the command line, thin over the control client and the pool."""
