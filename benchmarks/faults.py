@@ -48,14 +48,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import STANDIN
-from bawt_vllm.supervisor.config.loading import ConfigError, load_config
-from bawt_vllm.supervisor.control.client import DaemonClient, DaemonError
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.config.problems import ConfigError
 from bawt_vllm.supervisor.control import client as client_module
-from bawt_vllm.supervisor.runtime.instance import StartFailed, State
+from bawt_vllm.supervisor.control.client import DaemonClient, DaemonError
+from bawt_vllm.supervisor.runtime.instance import StartFailed
 from bawt_vllm.supervisor.runtime.pool import Pool, PoolClosed
 from bawt_vllm.supervisor.runtime.ports import port_answers
 from bawt_vllm.supervisor.runtime.process import TREE_TOKEN_ENV, ProcessIdentity
 from bawt_vllm.supervisor.runtime.statefile import InstanceRecord, StateStore
+from bawt_vllm.supervisor.runtime.states import State
 
 CASE_ENV = "BAWT_FAULTS_CASE"
 """Every process a case starts inherits this variable (the case's own random tag)."""
@@ -718,7 +720,7 @@ def case_shutdown_during_capacity_wait(ctx: Ctx) -> None:
         pool = Pool(load_config(pool_config))
         try:
             await pool.up("a", timeout=20)
-            async with pool.in_use("a"):
+            async with pool.serving("a"):
                 waiting = asyncio.ensure_future(pool.up("b", timeout=40))
                 await asyncio.sleep(0.3)  # no event marks "waiting for capacity" from outside the pool
                 expect(not waiting.done(), f"b did not wait for capacity: {waiting}")

@@ -27,8 +27,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import STANDIN, Daemon, median, testbed, tiny_entry, write_config
 from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.runtime.instance import State
 from bawt_vllm.supervisor.runtime.pool import Pool
+from bawt_vllm.supervisor.runtime.states import State
 
 
 def watch_for_line(log_dir: Path, needle: bytes, seen: dict[str, float], stop: threading.Event) -> None:

@@ -58,10 +58,9 @@ def is_vllm_available(config_path: Path | None = None) -> bool:
     executable = config.settings.vllm_executable
     if shutil.which(executable) or (os.path.isfile(executable) and os.access(executable, os.X_OK)):
         return True
-    from bawt_vllm.supervisor.config.paths import control_socket
     from bawt_vllm.supervisor.control.client import DaemonClient
 
-    return DaemonClient(control_socket(Path(config.settings.state_dir))).ping()
+    return DaemonClient.for_state_dir(Path(config.settings.state_dir)).ping()
 
 
 class VLLMClient:
@@ -92,18 +91,15 @@ class VLLMClient:
             return None
 
     def _resolve_alias(self, model: str) -> str:
-        """llm-bawt passes the entry's model_id; the gateway knows aliases and served names."""
-        if self._supervisor is None or model in self._supervisor.models:
+        """The alias llm-bawt's name means (an alias, a served name, or the entry's model_id or path)."""
+        if self._supervisor is None:
             return model
-        for alias, entry in self._supervisor.models.items():
-            if model in (entry.model_id, entry.served_name, entry.path):
-                return alias
-        return model
+        return self._supervisor.resolve(model) or model
 
     def _gateway_url(self) -> str:
         if self._supervisor is None:
             return "http://127.0.0.1:8400/v1"
-        from bawt_vllm.supervisor.catalog.entries import gateway_base_url
+        from bawt_vllm.supervisor.config.urls import gateway_base_url
 
         return gateway_base_url(self._supervisor.settings)
 
@@ -159,9 +155,7 @@ class VLLMClient:
 
         if self._supervisor is None:
             raise VLLMClientError("no bawt-vllm config found: cannot reach the daemon to unload")
-        from bawt_vllm.supervisor.config.paths import control_socket
-
-        client = DaemonClient(control_socket(Path(self._supervisor.settings.state_dir)))
+        client = DaemonClient.for_state_dir(Path(self._supervisor.settings.state_dir))
         try:
             results = client.down(self.model)
         except DaemonNotRunning:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psutil
 import yaml
-from bawt_vllm.supervisor.catalog.entries import gateway_base_url, openai_entry_text
+from bawt_vllm.supervisor.catalog.entries import openai_entry_text
 from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.config.urls import gateway_base_url
 from bawt_vllm.supervisor.runtime.pool import Pool
 from openai import AsyncOpenAI
 

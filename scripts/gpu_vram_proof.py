@@ -32,8 +32,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), os.environ.g
 import yaml  # noqa: E402
 from bawt_vllm.supervisor.config.loading import load_config  # noqa: E402
 from bawt_vllm.supervisor.runtime.gpus import describe, detect_inventory  # noqa: E402
-from bawt_vllm.supervisor.runtime.instance import State  # noqa: E402
 from bawt_vllm.supervisor.runtime.pool import Pool  # noqa: E402
+from bawt_vllm.supervisor.runtime.states import State  # noqa: E402
 
 GIB = 1 << 30
 HOLD_GIB = 4

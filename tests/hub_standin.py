@@ -1,7 +1,7 @@
 """A small local stand-in for the Hugging Face Hub, for tests of `bawt-vllm add` / `pull`.
 
-It answers the routes huggingface_hub uses for what supervisor/catalog/hub.py calls (read from
-huggingface_hub's own source, 2.x and earlier):
+It answers the routes huggingface_hub uses for what supervisor/catalog/hubapi.py and
+supervisor/runtime/weights.py call (read from huggingface_hub's own source, 2.x and earlier):
 
 - `GET /api/models?search=&sort=&limit=&expand=...`           HfApi.list_models
 - `GET /api/models/{repo}` and `.../revision/{rev}`            HfApi.model_info / repo_info

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bawt_vllm.supervisor.config.loading import ModelEntry, Settings
+from bawt_vllm.supervisor.config.schema import ModelEntry, Settings
 from bawt_vllm.supervisor.runtime.command import ServeCommand, build_serve_command
 
 BASE_ARGV = [

@@ -7,15 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bawt_vllm.supervisor.config.loading import (
-    ConfigError,
-    ConfigProblem,
-    Settings,
-    UnknownModelError,
-    check_config,
-    find_config_path,
-    load_config,
-)
+from bawt_vllm.supervisor.config.loading import check_config, load_config
+from bawt_vllm.supervisor.config.paths import find_config_path
+from bawt_vllm.supervisor.config.problems import ConfigError, ConfigProblem, UnknownModelError
+from bawt_vllm.supervisor.config.schema import Settings
 from bawt_vllm.supervisor.config.toolformat import get_tool_format
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "models.yaml.example"

@@ -10,19 +10,13 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from bawt_vllm.supervisor.config.loading import (
-    ALIAS_PATTERN,
-    ENTRY_KEYS,
-    MAX_SECONDS,
-    MAX_STOP_GRACE_S,
-    SETTINGS_KEYS,
-    ConfigError,
-    ConfigProblem,
-    check_config,
-    is_safe_alias,
-    load_config,
-)
-from bawt_vllm.supervisor.config.paths import MAX_CONFIG_BYTES, find_log, quick_state_dir
+from bawt_vllm.supervisor.config.loading import check_config, load_config
+from bawt_vllm.supervisor.config.names import ALIAS_PATTERN, is_safe_alias
+from bawt_vllm.supervisor.config.paths import quick_state_dir
+from bawt_vllm.supervisor.config.problems import ConfigError, ConfigProblem
+from bawt_vllm.supervisor.config.schema import ENTRY_KEYS, MAX_SECONDS, MAX_STOP_GRACE_S, SETTINGS_KEYS
+from bawt_vllm.supervisor.config.text import MAX_CONFIG_BYTES
+from bawt_vllm.supervisor.runtime.logfiles import find_log
 
 GOOD_ENTRY = "type: vllm\nmodel_id: org/model\ntool_support: none"
 ONE_MODEL = "models:\n  tiny:\n" + textwrap.indent(GOOD_ENTRY, "    ") + "\n"

@@ -21,7 +21,8 @@ from bawt_vllm.supervisor.catalog.entries import (
     plan_merge,
 )
 from bawt_vllm.supervisor.catalog.yamlfile import ConfigWriteError
-from bawt_vllm.supervisor.config.loading import Config, Settings, load_config
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.config.schema import Config, Settings
 
 SUPERVISED = """\
 bawt_vllm:

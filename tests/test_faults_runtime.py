@@ -19,10 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.runtime.instance import StartFailed, State
+from bawt_vllm.supervisor.runtime.instance import StartFailed
 from bawt_vllm.supervisor.runtime.pool import ConfigRejected, Pool, PoolClosed
 from bawt_vllm.supervisor.runtime.process import ProcessIdentity, ServeProcess
 from bawt_vllm.supervisor.runtime.statefile import InstanceRecord, StateStore
+from bawt_vllm.supervisor.runtime.states import State
 from helpers import (
     STANDIN_VLLM,
     alive,
@@ -265,7 +266,7 @@ def test_shutdown_while_a_load_waits_for_capacity_starts_nothing(tmp_path):
 
     async def scenario():
         await pool.up("a", timeout=20)
-        async with pool.in_use("a"):
+        async with pool.serving("a"):
             waiting = asyncio.ensure_future(pool.up("b", timeout=40))
             await asyncio.sleep(0.3)
             assert not waiting.done()
@@ -313,7 +314,7 @@ def test_a_survivor_with_its_own_api_key_is_adopted(tmp_path, monkeypatch):
         adopted = second.get("m")
         state = adopted.state if adopted else None
         await second.close()
-        first.instances.clear()  # the first supervisor 'died'; the second owns the tree now
+        first._instances.clear()  # the first supervisor 'died'; the second owns the tree now
         return pid, report, state
 
     pid, report, state = run(scenario())
@@ -369,7 +370,7 @@ def test_a_request_during_recovery_joins_the_adopted_server_instead_of_starting_
 
     async def scenario():
         survivor = await first.up("m", timeout=20)
-        first.instances.clear()  # the first supervisor 'died', leaving its tree and record
+        first._instances.clear()  # the first supervisor 'died', leaving its tree and record
         os.kill(survivor.pid, signal.SIGSTOP)  # a slow adoption check: the window for the race
         asyncio.get_running_loop().call_later(1.0, os.kill, survivor.pid, signal.SIGCONT)
         recovering = asyncio.ensure_future(second.recover(adopt=True))

@@ -21,9 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from bawt_vllm.supervisor.config.loading import Config, load_config
-from bawt_vllm.supervisor.runtime.instance import State
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.config.schema import Config
 from bawt_vllm.supervisor.runtime.pool import Pool
+from bawt_vllm.supervisor.runtime.states import State
 from bawt_vllm.supervisor.serve import gateway as gateway_module
 from bawt_vllm.supervisor.serve.gateway import Gateway
 from bawt_vllm.supervisor.serve.metrics import Metrics
@@ -61,7 +62,7 @@ class Remote:
 
 
 class UpstreamPool(Pool):
-    """A real Pool (config, resolve, in_use, get) whose up() hands out Upstream-served instances.
+    """A real Pool (config, serving, is_ready, state_of) whose up() hands out Upstream-served instances.
 
     register=False keeps them out of the pool's own table, so only up()'s return value leads there.
     """
@@ -75,7 +76,7 @@ class UpstreamPool(Pool):
         self.config.entry(alias)
         remote = Remote(alias, self.endpoint)
         if self.register:
-            self.instances[alias] = remote  # type: ignore[assignment]
+            self._instances[alias] = remote  # type: ignore[assignment]
         return remote
 
 

@@ -24,9 +24,8 @@ from bawt_vllm.supervisor.runtime.gpus import (
     choose_gpus,
     describe,
     detect_inventory,
-    used_bytes,
-    wait_vram_released,
 )
+from bawt_vllm.supervisor.runtime.vram import used_bytes, wait_vram_released
 
 TOTAL = 80 * GIB
 

@@ -1,4 +1,4 @@
-"""`bawt-vllm add` / `pull` (supervisor/catalog/hub.py) against a local Hub stand-in (tests/hub_standin.py)."""
+"""`bawt-vllm add` / `pull` (supervisor/catalog/, runtime/weights.py) against a Hub stand-in (tests/hub_standin.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bawt_vllm.supervisor.catalog import hub as hub
-from bawt_vllm.supervisor.config.loading import ConfigError, load_config
+from bawt_vllm.supervisor.catalog import adding, building, formats, hubapi, naming
+from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.config.problems import ConfigError
+from bawt_vllm.supervisor.runtime import hubclient, weights
 from hub_standin import TESTBED_MODEL_ENV, TINY_REPO, HubStandin, default_repos, hub_environment, point_huggingface_hub
 
 INSTRUCT = "bawt/Qwen2.5-0.5B-Instruct"
@@ -69,7 +71,7 @@ def models_yaml(tmp_path: Path) -> Path:
 
 
 def test_search_keeps_loadable_repos_sorted_by_downloads(standin: HubStandin, hf_home: Path) -> None:
-    found = hub.search_models("qwen2.5")
+    found = hubapi.search_models("qwen2.5")
 
     assert [(c.repo_id, c.quantization, c.downloads) for c in found] == [
         (INSTRUCT, "BF16", 89_300),
@@ -88,14 +90,14 @@ def test_search_keeps_loadable_repos_sorted_by_downloads(standin: HubStandin, hf
 
 
 def test_search_limit_and_no_match(hf_home: Path) -> None:
-    assert [c.repo_id for c in hub.search_models("qwen2.5", limit=2)] == [INSTRUCT, AWQ]
-    assert hub.search_models("no such model") == []
+    assert [c.repo_id for c in hubapi.search_models("qwen2.5", limit=2)] == [INSTRUCT, AWQ]
+    assert hubapi.search_models("no such model") == []
 
 
 def test_several_words_fall_back_to_the_longest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with HubStandin(literal_search=True) as literal:
         point_huggingface_hub(monkeypatch, literal.url, tmp_path / "hf-home")
-        found = hub.search_models("AWQ qwen2.5")
+        found = hubapi.search_models("AWQ qwen2.5")
         searched = [r.query["search"] for r in literal.requests if r.path == "/api/models"]
 
     assert [c.repo_id for c in found] == [AWQ]
@@ -103,7 +105,7 @@ def test_several_words_fall_back_to_the_longest(tmp_path: Path, monkeypatch: pyt
 
 
 def test_inspect_gguf_repo_reads_sizes_and_base_model(hf_home: Path) -> None:
-    candidate = hub.inspect_repo(GGUF)
+    candidate = hubapi.inspect_repo(GGUF)
 
     assert candidate.base_model == INSTRUCT
     assert candidate.gguf_files == [Q4, Q8]
@@ -112,22 +114,22 @@ def test_inspect_gguf_repo_reads_sizes_and_base_model(hf_home: Path) -> None:
 
 
 def test_inspect_unknown_repo_is_a_clear_error(hf_home: Path) -> None:
-    with pytest.raises(hub.RepoNotFoundError, match="no model repository 'bawt/nope'"):
-        hub.inspect_repo("bawt/nope")
+    with pytest.raises(hubclient.RepoNotFoundError, match="no model repository 'bawt/nope'"):
+        hubapi.inspect_repo("bawt/nope")
 
 
 def test_inspect_repo_without_weights_is_a_clear_error(hf_home: Path) -> None:
-    with pytest.raises(hub.NoWeightsError, match=r"no safetensors or GGUF weights .*README\.md"):
-        hub.inspect_repo("bawt/Qwen2.5-notes")
-    with pytest.raises(hub.NoWeightsError, match="MLX weights, which vLLM cannot load"):
-        hub.inspect_repo("mlx-community/Qwen2.5-0.5B-Instruct-4bit")
+    with pytest.raises(hubclient.NoWeightsError, match=r"no safetensors or GGUF weights .*README\.md"):
+        hubapi.inspect_repo("bawt/Qwen2.5-notes")
+    with pytest.raises(hubclient.NoWeightsError, match="MLX weights, which vLLM cannot load"):
+        hubapi.inspect_repo("mlx-community/Qwen2.5-0.5B-Instruct-4bit")
 
 
 def test_gated_repo_is_a_clear_error(hf_home: Path) -> None:
-    with pytest.raises(hub.HubError, match="'bawt/gated-model' is gated"):
-        hub.inspect_repo("bawt/gated-model")
-    with pytest.raises(hub.HubError, match="is gated"):
-        hub.pull({"type": "vllm", "model_id": "bawt/gated-model"}, progress=False)
+    with pytest.raises(hubclient.HubError, match="'bawt/gated-model' is gated"):
+        hubapi.inspect_repo("bawt/gated-model")
+    with pytest.raises(hubclient.HubError, match="is gated"):
+        weights.pull({"type": "vllm", "model_id": "bawt/gated-model"}, progress=False)
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,16 +139,16 @@ def test_unreachable_hub_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     import huggingface_hub.utils._http as hf_http
 
     monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # list_models retries 5 times, ~23 s
-    with pytest.raises(hub.HubError, match=f"cannot reach {re.escape(url)}"):
-        hub.search_models("qwen")
-    with pytest.raises(hub.HubError, match=f"cannot reach {re.escape(url)}"):
-        hub.inspect_repo(AWQ)
+    with pytest.raises(hubclient.HubError, match=f"cannot reach {re.escape(url)}"):
+        hubapi.search_models("qwen")
+    with pytest.raises(hubclient.HubError, match=f"cannot reach {re.escape(url)}"):
+        hubapi.inspect_repo(AWQ)
 
 
 def test_environment_alone_is_enough_for_a_fresh_process(standin: HubStandin, tmp_path: Path) -> None:
     """What a `bawt-vllm add` subprocess sees: HF_ENDPOINT/HF_HOME set before huggingface_hub is imported."""
     env = {**os.environ, **hub_environment(standin.url, tmp_path / "hf-home")}
-    code = "from bawt_vllm.supervisor.catalog import hub as hub; print([c.repo_id for c in hub.search_models('awq')])"
+    code = "from bawt_vllm.supervisor.catalog import hubapi; print([c.repo_id for c in hubapi.search_models('awq')])"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr([AWQ])
@@ -173,7 +175,7 @@ def test_environment_alone_is_enough_for_a_fresh_process(standin: HubStandin, tm
     ],
 )
 def test_detect_quantization(repo_id: str, config: dict | None, files: list[str], expected: str | None) -> None:
-    assert hub.detect_quantization(repo_id, config, files) == expected
+    assert formats.detect_quantization(repo_id, config, files) == expected
 
 
 @pytest.mark.parametrize(
@@ -195,41 +197,41 @@ def test_detect_quantization(repo_id: str, config: dict | None, files: list[str]
     ],
 )
 def test_suggest_tool_call_parser(config: dict | None, repo_id: str, expected: str | None) -> None:
-    assert hub.suggest_tool_call_parser(config, repo_id) == expected
+    assert formats.suggest_tool_call_parser(config, repo_id) == expected
 
 
 def test_suggest_max_model_len() -> None:
-    assert hub.suggest_max_model_len({"max_position_embeddings": 131072}) == 32768
-    assert hub.suggest_max_model_len({"max_position_embeddings": 2048}) == 2048
-    assert hub.suggest_max_model_len({"text_config": {"max_position_embeddings": 8192}}) == 8192
-    assert hub.suggest_max_model_len({"model_type": "x"}) is None
-    assert hub.suggest_max_model_len(None) is None
+    assert formats.suggest_max_model_len({"max_position_embeddings": 131072}) == 32768
+    assert formats.suggest_max_model_len({"max_position_embeddings": 2048}) == 2048
+    assert formats.suggest_max_model_len({"text_config": {"max_position_embeddings": 8192}}) == 8192
+    assert formats.suggest_max_model_len({"model_type": "x"}) is None
+    assert formats.suggest_max_model_len(None) is None
 
 
 def test_propose_alias() -> None:
-    assert hub.propose_alias("Qwen/Qwen2.5-32B-Instruct-AWQ", "AWQ", []) == "qwen2.5-32b-instruct-awq"
-    assert hub.propose_alias("Qwen/Qwen2.5-32B-Instruct", "AWQ", []) == "qwen2.5-32b-instruct-awq"
-    assert hub.propose_alias("Qwen/Qwen2.5-32B-Instruct", "BF16", []) == "qwen2.5-32b-instruct"
-    assert hub.propose_alias(GGUF, "Q4_K_M", []) == "qwen2.5-0.5b-instruct-q4_k_m"
-    assert hub.propose_alias(GGUF, "GGUF", []) == "qwen2.5-0.5b-instruct-gguf"
+    assert naming.propose_alias("Qwen/Qwen2.5-32B-Instruct-AWQ", "AWQ", []) == "qwen2.5-32b-instruct-awq"
+    assert naming.propose_alias("Qwen/Qwen2.5-32B-Instruct", "AWQ", []) == "qwen2.5-32b-instruct-awq"
+    assert naming.propose_alias("Qwen/Qwen2.5-32B-Instruct", "BF16", []) == "qwen2.5-32b-instruct"
+    assert naming.propose_alias(GGUF, "Q4_K_M", []) == "qwen2.5-0.5b-instruct-q4_k_m"
+    assert naming.propose_alias(GGUF, "GGUF", []) == "qwen2.5-0.5b-instruct-gguf"
     taken = {"qwen2.5-32b-instruct-awq", "qwen2.5-32b-instruct-awq-2"}
-    assert hub.propose_alias("Qwen/Qwen2.5-32B-Instruct-AWQ", "AWQ", taken) == "qwen2.5-32b-instruct-awq-3"
-    long = hub.propose_alias("org/" + "-".join(["very-long-model-name"] * 5), "GPTQ", [])
-    assert len(long) <= hub.MAX_ALIAS_LENGTH and long.endswith("-gptq") and "--" not in long
+    assert naming.propose_alias("Qwen/Qwen2.5-32B-Instruct-AWQ", "AWQ", taken) == "qwen2.5-32b-instruct-awq-3"
+    long = naming.propose_alias("org/" + "-".join(["very-long-model-name"] * 5), "GPTQ", [])
+    assert len(long) <= naming.MAX_ALIAS_LENGTH and long.endswith("-gptq") and "--" not in long
 
 
 def test_choose_gguf_file_skips_split_files_and_projectors() -> None:
     files = ["m-Q8_0.gguf", "m-Q4_K_M-00001-of-00002.gguf", "mmproj-m-f16.gguf", "m-Q5_K_M.gguf"]
-    assert hub.choose_gguf_file(files) == "m-Q5_K_M.gguf"
-    assert hub.choose_gguf_file(["m-Q4_K_M-00001-of-00002.gguf"]) is None
-    assert hub.gguf_quant_level("Qwen2.5-7B-Instruct-IQ4_XS.gguf") == "IQ4_XS"
+    assert formats.choose_gguf_file(files) == "m-Q5_K_M.gguf"
+    assert formats.choose_gguf_file(["m-Q4_K_M-00001-of-00002.gguf"]) is None
+    assert formats.gguf_quant_level("Qwen2.5-7B-Instruct-IQ4_XS.gguf") == "IQ4_XS"
 
 
 # --------------------------------------------------------------------------- entries
 
 
 def test_build_entry_for_safetensors(hf_home: Path) -> None:
-    candidate, entry = hub.entry_for_repo(AWQ)
+    candidate, entry = building.entry_for_repo(AWQ)
 
     assert candidate.quantization == "AWQ"
     assert entry == {
@@ -243,7 +245,7 @@ def test_build_entry_for_safetensors(hf_home: Path) -> None:
 
 
 def test_build_entry_for_gguf_uses_the_base_model(hf_home: Path) -> None:
-    candidate, entry = hub.entry_for_repo(GGUF)
+    candidate, entry = building.entry_for_repo(GGUF)
 
     assert entry == {
         "type": "gguf",
@@ -256,22 +258,24 @@ def test_build_entry_for_gguf_uses_the_base_model(hf_home: Path) -> None:
         "tool_support": "native",
         "tool_call_parser": "hermes",
     }
-    q8 = hub.build_entry(candidate, config_json=None, gguf_file=Q8, overrides={"max_model_len": 4096})
+    q8 = building.build_entry(candidate, config_json=None, gguf_file=Q8, overrides={"max_model_len": 4096})
     assert q8["filename"] == Q8 and q8["max_model_len"] == 4096
 
 
 def test_build_entry_overrides_and_refusals() -> None:
-    candidate = hub.Candidate("org/Llama-2-7b", "BF16", None, None, [], True)
-    entry = hub.build_entry(candidate, config_json={"model_type": "llama"}, overrides={"description": None, "gpu": 1})
+    candidate = hubapi.Candidate("org/Llama-2-7b", "BF16", None, None, [], True)
+    overrides = {"description": None, "gpu": 1}
+    entry = building.build_entry(candidate, config_json={"model_type": "llama"}, overrides=overrides)
     assert entry == {"type": "vllm", "model_id": "org/Llama-2-7b", "tool_support": "react", "gpu": 1}
 
-    split = hub.Candidate("org/m-GGUF", "GGUF", None, None, ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"], False)
-    with pytest.raises(hub.NoWeightsError, match="--gguf-file"):
-        hub.build_entry(split, config_json=None)
-    with pytest.raises(hub.NoWeightsError, match="split GGUF"):
-        hub.build_entry(split, config_json=None, gguf_file="m-00001-of-00002.gguf")
-    with pytest.raises(hub.NoWeightsError, match=r"no file 'other\.gguf'"):
-        hub.build_entry(split, config_json=None, gguf_file="other.gguf")
+    parts = ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+    split = hubapi.Candidate("org/m-GGUF", "GGUF", None, None, parts, False)
+    with pytest.raises(hubclient.NoWeightsError, match="--gguf-file"):
+        building.build_entry(split, config_json=None)
+    with pytest.raises(hubclient.NoWeightsError, match="split GGUF"):
+        building.build_entry(split, config_json=None, gguf_file="m-00001-of-00002.gguf")
+    with pytest.raises(hubclient.NoWeightsError, match=r"no file 'other\.gguf'"):
+        building.build_entry(split, config_json=None, gguf_file="other.gguf")
 
 
 # --------------------------------------------------------------------------- models.yaml
@@ -290,10 +294,10 @@ def only_insertions(old: str, new: str) -> list[str]:
 
 def test_add_model_writes_a_valid_entry_and_keeps_comments(hf_home: Path, models_yaml: Path) -> None:
     original = models_yaml.read_text()
-    _, entry = hub.entry_for_repo(GGUF)
-    alias = hub.propose_alias(GGUF, "Q4_K_M", load_config(models_yaml).models)
+    _, entry = building.entry_for_repo(GGUF)
+    alias = naming.propose_alias(GGUF, "Q4_K_M", load_config(models_yaml).models)
 
-    backup = hub.add_model(models_yaml, alias, entry, comment=f"added by bawt-vllm add {GGUF}")
+    backup = adding.add_model(models_yaml, alias, entry, comment=f"added by bawt-vllm add {GGUF}")
 
     assert backup is not None and backup.read_text() == original
     added = only_insertions(original, models_yaml.read_text())
@@ -308,11 +312,11 @@ def test_add_model_refuses_an_existing_alias_unless_replace(models_yaml: Path) -
     original = models_yaml.read_text()
     entry = {"type": "vllm", "model_id": AWQ, "tool_call_parser": "hermes"}
 
-    with pytest.raises(hub.AliasExistsError, match="'tiny' is already defined"):
-        hub.add_model(models_yaml, "tiny", entry)
+    with pytest.raises(adding.AliasExistsError, match="'tiny' is already defined"):
+        adding.add_model(models_yaml, "tiny", entry)
     assert models_yaml.read_text() == original
 
-    hub.add_model(models_yaml, "tiny", entry, replace=True)
+    adding.add_model(models_yaml, "tiny", entry, replace=True)
     assert load_config(models_yaml).models["tiny"].model_id == AWQ
     assert "# the end\n" in models_yaml.read_text()
 
@@ -322,7 +326,7 @@ def test_add_model_validates_before_writing(models_yaml: Path) -> None:
     bad = {"type": "vllm", "model_id": AWQ, "gpu_memory_utilization": 2}  # and no tool_call_parser
 
     with pytest.raises(ConfigError) as raised:
-        hub.add_model(models_yaml, "bad", bad)
+        adding.add_model(models_yaml, "bad", bad)
 
     keys = sorted(problem.key for problem in raised.value.problems)
     assert keys == ["gpu_memory_utilization", "tool_call_parser"]
@@ -333,7 +337,7 @@ def test_add_model_validates_before_writing(models_yaml: Path) -> None:
 def test_add_model_creates_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "new" / "models.yaml"
     entry = {"type": "vllm", "model_id": AWQ, "tool_call_parser": "hermes"}
-    assert hub.add_model(path, "awq", entry) is None
+    assert adding.add_model(path, "awq", entry) is None
     assert yaml.safe_load(path.read_text()) == {"models": {"awq": entry}}
 
 
@@ -342,9 +346,9 @@ def test_add_model_creates_a_missing_file(tmp_path: Path) -> None:
 
 def test_pull_downloads_the_serving_files_and_weights_present_flips(standin: HubStandin, hf_home: Path) -> None:
     entry = {"type": "vllm", "model_id": TINY_REPO}
-    assert hub.weights_present(entry) is False
+    assert weights.weights_present(entry) is False
 
-    folder = hub.pull(entry, progress=False)
+    folder = weights.pull(entry, progress=False)
 
     assert folder.is_relative_to(hf_home / "hub")
     served = set(standin.repos[TINY_REPO].files)
@@ -353,57 +357,57 @@ def test_pull_downloads_the_serving_files_and_weights_present_flips(standin: Hub
     assert wanted & served <= got
     assert not got & {"pytorch_model.bin", "README.md", "original/params.json", "onnx/model.onnx"}
     assert (folder / "model.safetensors").read_bytes() == standin.repos[TINY_REPO].files["model.safetensors"]
-    assert hub.weights_present(entry) is True
+    assert weights.weights_present(entry) is True
 
     fetched = len(standin.downloads_of(TINY_REPO))
-    assert hub.pull(entry, progress=False) == folder
+    assert weights.pull(entry, progress=False) == folder
     assert len(standin.downloads_of(TINY_REPO)) == fetched  # cached: nothing downloaded again
 
 
 def test_pull_gguf_fetches_one_file_and_the_tokenizer(standin: HubStandin, hf_home: Path) -> None:
-    _, entry = hub.entry_for_repo(GGUF)
-    assert hub.weights_present(entry) is False
+    _, entry = building.entry_for_repo(GGUF)
+    assert weights.weights_present(entry) is False
 
-    path = hub.pull(entry, progress=False)
+    path = weights.pull(entry, progress=False)
 
     assert path.name == Q4 and path.read_bytes() == standin.repos[GGUF].files[Q4]
     assert standin.downloads_of(GGUF) == [Q4]
     assert "tokenizer.json" in standin.downloads_of(INSTRUCT)
     assert "model.safetensors" not in standin.downloads_of(INSTRUCT)
-    assert hub.weights_present(entry) is True
-    assert hub.weights_present({**entry, "filename": Q8}) is False
+    assert weights.weights_present(entry) is True
+    assert weights.weights_present({**entry, "filename": Q8}) is False
 
 
 def test_weights_present_checks_every_shard(hf_home: Path) -> None:
     entry = {"type": "vllm", "model_id": GPTQ}
-    folder = hub.pull(entry, progress=False)
-    assert hub.weights_present(entry) is True
+    folder = weights.pull(entry, progress=False)
+    assert weights.weights_present(entry) is True
 
     (folder / "model-00002-of-00002.safetensors").unlink()
-    assert hub.weights_present(entry) is False
+    assert weights.weights_present(entry) is False
 
 
 def test_pull_shows_huggingface_hub_progress(hf_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    hub.pull({"type": "vllm", "model_id": AWQ}, progress=True)
+    weights.pull({"type": "vllm", "model_id": AWQ}, progress=True)
     assert "Fetching" in capsys.readouterr().err
-    hub.pull({"type": "vllm", "model_id": INSTRUCT}, progress=False)
+    weights.pull({"type": "vllm", "model_id": INSTRUCT}, progress=False)
     assert "Fetching" not in capsys.readouterr().err
 
 
 def test_pull_errors(hf_home: Path, tmp_path: Path) -> None:
-    with pytest.raises(hub.RepoNotFoundError):
-        hub.pull({"type": "vllm", "model_id": "bawt/nope"}, progress=False)
-    with pytest.raises(hub.MissingFileError, match=r"no file 'missing\.gguf'"):
-        hub.pull({"type": "gguf", "repo_id": GGUF, "filename": "missing.gguf"}, progress=False)
-    with pytest.raises(hub.HubError, match="does not exist"):
-        hub.pull({"type": "vllm", "model_id": str(tmp_path / "no-such-dir")}, progress=False)
+    with pytest.raises(hubclient.RepoNotFoundError):
+        weights.pull({"type": "vllm", "model_id": "bawt/nope"}, progress=False)
+    with pytest.raises(hubclient.MissingFileError, match=r"no file 'missing\.gguf'"):
+        weights.pull({"type": "gguf", "repo_id": GGUF, "filename": "missing.gguf"}, progress=False)
+    with pytest.raises(hubclient.HubError, match="does not exist"):
+        weights.pull({"type": "vllm", "model_id": str(tmp_path / "no-such-dir")}, progress=False)
     local = tmp_path / "local-model"
     local.mkdir()
     (local / "config.json").write_text("{}")
-    assert hub.weights_present({"type": "vllm", "model_id": str(local)}) is False
+    assert weights.weights_present({"type": "vllm", "model_id": str(local)}) is False
     (local / "model.safetensors").write_bytes(b"x")
-    assert hub.weights_present({"type": "vllm", "model_id": str(local)}) is True
-    assert hub.pull({"type": "vllm", "model_id": str(local)}, progress=False) == local
+    assert weights.weights_present({"type": "vllm", "model_id": str(local)}) is True
+    assert weights.pull({"type": "vllm", "model_id": str(local)}, progress=False) == local
 
 
 def test_testbed_model_dir_is_served_as_tiny_llama(
@@ -419,6 +423,6 @@ def test_testbed_model_dir_is_served_as_tiny_llama(
 
     with HubStandin() as server:
         point_huggingface_hub(monkeypatch, server.url, tmp_path / "hf-home")
-        folder = hub.pull({"type": "vllm", "model_id": TINY_REPO}, progress=False)
+        folder = weights.pull({"type": "vllm", "model_id": TINY_REPO}, progress=False)
 
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files

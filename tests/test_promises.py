@@ -33,10 +33,11 @@ from aiohttp import web
 from bawt_vllm.supervisor.config.loading import load_config
 from bawt_vllm.supervisor.runtime import instance as instance_module
 from bawt_vllm.supervisor.runtime.gpus import GIB, GpuInfo, GpuInventory, GpuProcess, NoGpuInventory
-from bawt_vllm.supervisor.runtime.instance import Instance, StartFailed, State
+from bawt_vllm.supervisor.runtime.instance import Instance, StartFailed
 from bawt_vllm.supervisor.runtime.pool import Pool, PoolClosed
 from bawt_vllm.supervisor.runtime.process import ServeProcess
 from bawt_vllm.supervisor.runtime.statefile import StateStore
+from bawt_vllm.supervisor.runtime.states import State
 from bawt_vllm.supervisor.serve.gateway import Gateway
 from bawt_vllm.supervisor.serve.metrics import Metrics
 from helpers import STANDIN_VLLM, alive, run, standin_entry, standin_settings, tracked, write_models_yaml
@@ -610,7 +611,7 @@ def test_eviction_waits_for_a_busy_model_to_finish(tmp_path):
     async def scenario():
         try:
             first = await pool.up("a", timeout=20)
-            async with pool.in_use("a"):
+            async with pool.serving("a"):
                 waiting = asyncio.ensure_future(pool.up("b", timeout=20))
                 done, _ = await asyncio.wait({waiting}, timeout=0.5)
                 assert not done, f"b gave up while a was busy: {waiting.exception() if done else ''}"

@@ -16,8 +16,8 @@ import openai
 import psutil
 import pytest
 from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.runtime.instance import State
 from bawt_vllm.supervisor.runtime.pool import Pool
+from bawt_vllm.supervisor.runtime.states import State
 from helpers import (
     ForegroundSupervisor,
     RunningDaemon,
@@ -219,7 +219,7 @@ def test_real_backend_wants_its_own_key_and_a_survivor_with_api_key_env_is_adopt
         report = await second.recover(adopt=True)  # as a daemon restarted after a crash would
         adopted = second.get("tiny")
         state = adopted.state if adopted else None
-        first.instances.clear()
+        first._instances.clear()  # the first supervisor "died": it forgets, stops nothing
         await second.close()
         return report, state, members
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.runtime.instance import TRANSITIONS, IllegalTransition, StartFailed, State
-from bawt_vllm.supervisor.runtime.pool import CapacityError, Pool
+from bawt_vllm.supervisor.runtime.instance import StartFailed
+from bawt_vllm.supervisor.runtime.placement import CapacityError
+from bawt_vllm.supervisor.runtime.pool import Pool
 from bawt_vllm.supervisor.runtime.process import ProcessIdentity, ServeProcess
+from bawt_vllm.supervisor.runtime.states import TRANSITIONS, EventKind, IllegalTransition, State
 from helpers import (
     ForegroundSupervisor,
     alive,
@@ -176,7 +178,7 @@ def test_cpu_cap_refuses_a_second_busy_instance(tmp_path):
 
     async def scenario():
         await pool.up("a", timeout=20)
-        async with pool.in_use("a"):
+        async with pool.serving("a"):
             with pytest.raises(CapacityError, match="CPU cap of 1"):
                 await pool.up("b", timeout=20)
         await pool.up("b", timeout=20)  # now "a" is idle: evicted as least recently used
@@ -193,7 +195,7 @@ def test_state_machine_refuses_illegal_moves(tmp_path):
     async def scenario():
         instance = await pool.up("m", timeout=20)
         with pytest.raises(IllegalTransition):
-            instance._enter(State.STOPPED, "skipping stopping")
+            instance._enter(EventKind.STOPPED, "skipping stopping")
         await pool.down("m")
 
     run(scenario())
@@ -294,7 +296,7 @@ def test_one_gpu_each_with_pci_order_and_a_clear_error_when_full(tmp_path):
     async def scenario():
         await pool.up("a", timeout=20)
         await pool.up("b", timeout=20)
-        async with pool.in_use("a"), pool.in_use("b"):
+        async with pool.serving("a"), pool.serving("b"):
             with pytest.raises(CapacityError) as full:
                 await pool.up("c", timeout=20)
         placements = {alias: pool.instances[alias].placement.gpus for alias in ("a", "b")}

@@ -303,7 +303,7 @@ def test_system_unit_settings() -> None:
 
 
 def test_state_dir_under_the_system_unit_is_the_state_directory() -> None:
-    from bawt_vllm.supervisor.config.loading import default_state_dir
+    from bawt_vllm.supervisor.config.paths import default_state_dir
 
     unit = _directives(render_unit(user=False, executable=DEFAULT_EXECUTABLE, config=None))
     environ = dict(value.split("=", 1) for value in unit["Environment"])

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 import yaml
 from bawt_vllm.supervisor.cli import app as cli_module
-from bawt_vllm.supervisor.control.client import DaemonClient, DaemonUnresponsive, _UnixConnection
+from bawt_vllm.supervisor.cli import render as cli_render
 from bawt_vllm.supervisor.control import client as client_module
+from bawt_vllm.supervisor.control.client import DaemonClient, DaemonUnresponsive, _UnixConnection
 from helpers import RunningDaemon, free_port, standin_entry, standin_settings, write_models_yaml
 
 SILENT_S = 3.0  # a load stage, or a stop grace, with no output at all
@@ -148,7 +149,7 @@ def test_a_frozen_daemon_ends_the_wait_with_a_clear_error(tmp_path, short_reads)
 def test_cli_up_and_down_show_they_are_still_waiting(tmp_path, short_reads, monkeypatch):
     from typer.testing import CliRunner
 
-    monkeypatch.setattr(cli_module, "STILL_WAITING_EVERY_S", 1.0)
+    monkeypatch.setattr(cli_render, "STILL_WAITING_EVERY_S", 1.0)
     config = config_for(tmp_path, {"slow": slow_load("ignore_sigterm")}, stop_grace_s=SILENT_S)
     with TunedDaemon(config):
         runner = CliRunner()
@@ -182,25 +183,27 @@ def control(daemon: RunningDaemon, method: str, path: str, body: bytes | None = 
         connection.close()
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status", "says"), [
-    ("POST", "/up", b"{not json", 400, "the request body is not valid JSON"),
-    ("POST", "/down", b"\xff\xfe", 400, "the request body is not valid JSON"),
-    ("POST", "/up", b"[1, 2]", 400, "the request body must be a JSON object, not an array"),
-    ("POST", "/down", b'"m"', 400, "the request body must be a JSON object, not a string"),
-    ("POST", "/up", b'{"model": 5}', 400, "'model' must be a string (an alias), not a number"),
-    ("POST", "/down", b'{"model": ["m"]}', 400, "'model' must be a string (an alias), not an array"),
-    ("POST", "/down", b'{"all": "yes"}', 400, "'all' must be true or false, not a string"),
-    ("POST", "/up", b"", 400, "name a model"),
-    ("GET", "/nowhere", None, 404, "Not Found: GET /nowhere"),
-    ("GET", "/up", None, 405, "Method Not Allowed: GET /up"),
-    ("GET", "/logs?model=m&lines=ten", None, 400, "'lines' must be an integer, not 'ten'"),
-    ("GET", "/logs?model=m&lines=-1", None, 400, "'lines' must be at least 0, not -1"),
-    ("GET", "/logs?model=m&start=first", None, 400, "'start' must be an integer, not 'first'"),
+@pytest.mark.parametrize(("method", "path", "body", "status", "says", "code"), [
+    ("POST", "/up", b"{not json", 400, "the request body is not valid JSON", "bad_request"),
+    ("POST", "/down", b"\xff\xfe", 400, "the request body is not valid JSON", "bad_request"),
+    ("POST", "/up", b"[1, 2]", 400, "the request body must be a JSON object, not an array", "bad_request"),
+    ("POST", "/down", b'"m"', 400, "the request body must be a JSON object, not a string", "bad_request"),
+    ("POST", "/up", b'{"model": 5}', 400, "'model' must be a string (an alias), not a number", "bad_request"),
+    ("POST", "/down", b'{"model": ["m"]}', 400, "'model' must be a string (an alias), not an array", "bad_request"),
+    ("POST", "/down", b'{"all": "yes"}', 400, "'all' must be true or false, not a string", "bad_request"),
+    ("POST", "/up", b"", 400, "name a model", "bad_request"),
+    ("GET", "/nowhere", None, 404, "Not Found: GET /nowhere", "no_route"),
+    ("GET", "/up", None, 405, "Method Not Allowed: GET /up", "method_not_allowed"),
+    ("GET", "/logs?model=m&lines=ten", None, 400, "'lines' must be an integer, not 'ten'", "bad_request"),
+    ("GET", "/logs?model=m&lines=-1", None, 400, "'lines' must be at least 0, not -1", "bad_request"),
+    ("GET", "/logs?model=m&start=first", None, 400, "'start' must be an integer, not 'first'", "bad_request"),
 ])
-def test_bad_requests_get_a_json_error_naming_the_problem(edge_daemon, method, path, body, status, says):
+def test_bad_requests_get_a_json_error_naming_the_problem(edge_daemon, method, path, body, status, says, code):
     got, payload = control(edge_daemon, method, path, body)
-    assert (got, set(payload)) == (status, {"error"}), payload
+    assert (got, payload.get("code"), set(payload)) == (status, code, {"error", "code"}), payload
     assert payload["error"].startswith(says), payload["error"]
+
+
 
 
 def test_a_half_sent_body_gets_408_and_holds_no_handler(edge_daemon):
@@ -255,4 +258,5 @@ def test_reload_errors_come_back_as_json(tmp_path):
 
     answers = sorted(serve_reload(tmp_path, reload, calls=2), key=lambda answer: answer[0])
     assert answers == [(200, {"changes": ["m: entry changed, stopped"]}),
-                       (500, {"error": "reload failed: RuntimeError: a reload is already running"})]
+                       (500, {"error": "reload failed: RuntimeError: a reload is already running",
+                              "code": "reload_failed"})]

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.loading import LLM_BAWT_CONFIG_ENV_VAR, Config, ModelEntry, Settings
+from ..config.paths import LLM_BAWT_CONFIG_ENV_VAR
+from ..config.schema import Config, ModelEntry
 from ..config.toolformat import EXPLICIT_TOOL_SUPPORT, PROVIDER_OPENAI, runs_on_vllm
-from ..runtime.ports import url_host
+from ..config.urls import gateway_base_url
 from .yamlfile import (
     MODELS_KEY,
     ConfigReadError,
@@ -50,11 +51,6 @@ NEW_FILE_TEXT = f"{MODELS_KEY}:\n"
 
 
 # --------------------------------------------------------------------------- entries
-
-
-def gateway_base_url(settings: Settings) -> str:
-    """The gateway's OpenAI base URL as a client on this machine reaches it."""
-    return f"http://{url_host(settings.gateway_host)}:{settings.gateway_port}/v1"
 
 
 def openai_entry(entry: ModelEntry, base_url: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
-"""The CLI commands that edit model lists: `entries` (llm-bawt), `add` and `pull` (Hugging Face).
+"""The CLI commands that edit model lists: `entries` (llm-bawt), `add` (with its Hub `--search`)
+and `pull` (Hugging Face).
 
-Thin: the work is in `entries`, `hub` and `yamlfile`; this only asks, shows and reports.
+Thin: the work is in the catalog wing (entries, adding, hubapi, yamlfile) and runtime.weights;
+this only asks, shows and reports.
 Every prompt has a flag, and `--yes` takes the proposals, so each command runs unattended.
 """
 
@@ -11,10 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .app import ConfigOption, _fail, _known, _load, app
+from .common import ConfigOption, fail, load_or_fail, require_known
 
 
-@app.command()
 def entries(
     config: ConfigOption = None,
     write: Annotated[bool, typer.Option("--write", help="Merge them into llm-bawt's models.yaml.")] = False,
@@ -30,7 +31,7 @@ def entries(
     from ..catalog.entries import apply_merge, llm_bawt_models_path, openai_entries, plan_merge
     from ..catalog.yamlfile import YamlFileError
 
-    loaded = _load(config)
+    loaded = load_or_fail(config)
     if not write:
         import yaml
 
@@ -46,14 +47,13 @@ def entries(
             return
         backup = apply_merge(plan)
     except YamlFileError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     summary = f"added {len(plan.added)}, updated {len(plan.updated)}, unchanged {len(plan.unchanged)}"
     typer.echo(f"{path}: {summary}" + (f" (backup: {backup})" if backup else ""))
     if plan.conflicts:
         raise typer.Exit(1)
 
 
-@app.command()
 def add(
     repo: Annotated[str | None, typer.Argument(help="A Hugging Face repo id (ORG/NAME).")] = None,
     search: Annotated[str | None, typer.Option("--search", "-s", help="Search the Hub instead.")] = None,
@@ -69,11 +69,16 @@ def add(
     config: ConfigOption = None,
 ) -> None:
     """Add a model from Hugging Face to models.yaml (paste ORG/NAME, or --search)."""
-    from ..catalog.hub import HubError, add_model, choose_gguf_file, entry_for_repo, inspect_repo, propose_alias
-    from ..config.loading import ConfigError
+    from ..catalog.adding import add_model
+    from ..catalog.building import entry_for_repo
+    from ..catalog.formats import choose_gguf_file
+    from ..catalog.hubapi import inspect_repo
+    from ..catalog.naming import propose_alias
+    from ..config.problems import ConfigError
+    from ..runtime.hubclient import HubError
 
     if (repo is None) == (search is None):
-        raise _fail("give a repo id (ORG/NAME) or --search QUERY", 2)
+        raise fail("give a repo id (ORG/NAME) or --search QUERY", 2)
     try:
         repo_id = repo or _pick_from_search(search or "", choice, yes)
         if gguf_file is None:
@@ -94,7 +99,7 @@ def add(
             raise typer.Exit(1)
         backup = add_model(path, chosen, entry, replace=replace)
     except (HubError, ConfigError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     typer.echo(f"added '{chosen}' (type: {entry['type']}) to {path}" + (f"; backup {backup}" if backup else ""))
     typer.echo(f"next: bawt-vllm pull {chosen}   (download ahead)  then  bawt-vllm up {chosen}")
 
@@ -103,11 +108,11 @@ def _pick_from_search(query: str, choice: int | None, yes: bool) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    from ..catalog.hub import search_models
+    from ..catalog.hubapi import search_models
 
     found = search_models(query)
     if not found:
-        raise _fail(f"no model with safetensors or GGUF weights matches '{query}'")
+        raise fail(f"no model with safetensors or GGUF weights matches '{query}'")
     table = Table("#", "model", "quant", "size", "downloads")
     for number, candidate in enumerate(found, 1):
         size = "-" if candidate.size_bytes is None else f"{candidate.size_bytes / 1e9:.1f} GB"
@@ -117,13 +122,13 @@ def _pick_from_search(query: str, choice: int | None, yes: bool) -> str:
     if choice is None:
         choice = 1 if yes else typer.prompt("which one", default=1, type=int)
     if not 1 <= choice <= len(found):
-        raise _fail(f"choose 1 to {len(found)}", 2)
+        raise fail(f"choose 1 to {len(found)}", 2)
     return found[choice - 1].repo_id
 
 
 def _pick_gguf(files: list[str], proposed: str | None, yes: bool) -> str:
     if proposed is None:
-        raise _fail("this repo has only split or projector GGUF files, which vLLM cannot load")
+        raise fail("this repo has only split or projector GGUF files, which vLLM cannot load")
     if yes or len(files) == 1:
         return proposed
     for name in files:
@@ -133,7 +138,8 @@ def _pick_gguf(files: list[str], proposed: str | None, yes: bool) -> str:
 
 def _target_config(config: Path | None) -> Path:
     """The models.yaml to add to: the one in use, else ~/.config/bawt-vllm/models.yaml (created)."""
-    from ..config.paths import ConfigError, find_config_path
+    from ..config.paths import find_config_path
+    from ..config.problems import ConfigError
 
     try:
         return find_config_path(config)
@@ -162,19 +168,19 @@ def _entry_preview(alias: str, entry: dict[str, Any]) -> str:
     return yaml.safe_dump({alias: entry}, sort_keys=False).rstrip()
 
 
-@app.command()
 def pull(model: Annotated[str, typer.Argument(help="Alias from models.yaml.")], config: ConfigOption = None) -> None:
     """Download MODEL's weights ahead of time (with progress), so `up` does not wait silently."""
-    from ..catalog.hub import HubError, weights_present
-    from ..catalog.hub import pull as pull_weights
+    from ..runtime.hubclient import HubError
+    from ..runtime.weights import pull as pull_weights
+    from ..runtime.weights import weights_present
 
-    loaded = _load(config)
-    _known(loaded, model)
+    loaded = load_or_fail(config)
+    require_known(loaded, model)
     entry = loaded.entry(model)
     if weights_present(entry):
         typer.echo(f"{model}: weights already present")
     try:
         path = pull_weights(entry, progress=True)
     except HubError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     typer.echo(f"{model}: ready on disk at {path}")

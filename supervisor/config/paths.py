@@ -1,44 +1,24 @@
-"""Where things are: finding models.yaml and the state directory, and config problems.
+"""Where things are: finding models.yaml, the state directory (also read quickly from a broken
+config), and the socket and logs inside it.
 
 Kept free of pydantic so the fast CLI paths (`bawt-vllm ps`) can find the daemon's socket
-without validating the whole schema; `config` re-exports all of it.
+without validating the whole schema.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
+from .names import GLOBAL_SECTION
+from .problems import ConfigError, ConfigProblem
+from .text import load_checked_yaml, read_capped
 
-GLOBAL_SECTION = "bawt_vllm"
-MODELS_SECTION = "models"
 CONFIG_ENV_VAR = "BAWT_VLLM_CONFIG"
 LLM_BAWT_CONFIG_ENV_VAR = "LLM_BAWT_MODELS_CONFIG_PATH"
-
-MAX_CONFIG_BYTES = 1024 * 1024
-"""A models.yaml above this is refused unread: real ones are a few KiB."""
-MAX_YAML_NODES = 100_000
-"""Values a models.yaml may stand for once every alias is expanded (real files: a few thousand)."""
-MAX_YAML_DEPTH = 100
-"""Nesting a models.yaml may have (real files: about 5); keeps the recursive YAML composer safe."""
-
-ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
-"""What a runnable model's alias must fully match (and it must not contain '..')."""
-ALIAS_RULE = (
-    "1 to 128 characters from letters, digits and . _ : + -, starting with a letter or digit, "
-    "without '..' (aliases name files: instances/<alias>.json, logs/<alias>.N.log)"
-)
-
-
-def is_safe_alias(name: object) -> bool:
-    """True when `name` can be a model alias, and so a file name, without leaving its directory."""
-    return isinstance(name, str) and ALIAS_PATTERN.fullmatch(name) is not None and ".." not in name
 
 
 def _home(environ: Mapping[str, str]) -> Path:
@@ -63,50 +43,6 @@ def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """$XDG_STATE_HOME/bawt-vllm, else ~/.local/state/bawt-vllm."""
     env = os.environ if environ is None else environ
     return _xdg_dir(env, "XDG_STATE_HOME", ".local/state") / "bawt-vllm"
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with a config file.
-
-    `key` is relative to the entry when `alias` is set (e.g. 'max_model_len',
-    'env.FOO'); otherwise it is the dotted path from the top of the file
-    (e.g. 'bawt_vllm.port_range'), or None for file-wide problems.
-    """
-
-    file: Path
-    alias: str | None
-    key: str | None
-    message: str
-
-    @property
-    def location(self) -> str | None:
-        if self.alias is None:
-            return self.key
-        # An unusable alias may hold '/', spaces or control characters: quote it rather than print it raw.
-        shown = self.alias if is_safe_alias(self.alias) else repr(self.alias)
-        parts = [MODELS_SECTION, shown, *([self.key] if self.key else [])]
-        return ".".join(parts)
-
-    def __str__(self) -> str:
-        location = self.location
-        return f"{self.file}: {location}: {self.message}" if location else f"{self.file}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` lists every reason."""
-
-    def __init__(self, problems: Iterable[ConfigProblem], summary: str | None = None) -> None:
-        self.problems = list(problems)
-        self.summary = summary
-        lines = [summary] if summary else []
-        lines += [str(problem) for problem in self.problems]
-        super().__init__("\n".join(lines))
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(candidates), n=1)
-    return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
 @dataclass(frozen=True)
@@ -153,109 +89,6 @@ def find_config_path(explicit: Path | None = None, environ: Mapping[str, str] | 
     raise ConfigError(looked, summary="no models.yaml found; looked in:")
 
 
-class ConfigTextError(Exception):
-    """models.yaml cannot be taken as YAML text: too large, not UTF-8, or its aliases or nesting go too far."""
-
-
-def read_config_text(path: Path) -> str:
-    """The file's text, read at most MAX_CONFIG_BYTES; raises OSError or ConfigTextError."""
-    data, too_big = _read_capped(path)
-    if too_big:
-        raise ConfigTextError(f"the file is larger than {MAX_CONFIG_BYTES // 1024} KiB; a models.yaml is a few KiB")
-    return _decode_utf8(data)
-
-
-def _read_capped(path: Path) -> tuple[bytes, bool]:
-    """Up to MAX_CONFIG_BYTES of the file, and whether there was more."""
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_CONFIG_BYTES + 1)
-    return data[:MAX_CONFIG_BYTES], len(data) > MAX_CONFIG_BYTES
-
-
-def _decode_utf8(data: bytes) -> str:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        offset = error.start
-        line = data.count(b"\n", 0, offset) + 1
-        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-        message = (
-            f"not valid UTF-8: byte 0x{data[offset]:02x} at offset {offset} (line {line}, column {column}); "
-            "save the file as UTF-8"
-        )
-        raise ConfigTextError(message) from None
-    return text.removeprefix("\ufeff")
-
-
-_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-@dataclass
-class _OpenNode:
-    anchor: str | None
-    size: int = 1
-
-
-def check_yaml_expansion(text: str) -> None:
-    """Raise ConfigTextError when the YAML's aliases would expand too far or it nests too deep.
-
-    Aliases share one node in YAML's graph, so a 600-byte "billion laughs" file stands for
-    billions of values once something walks the built objects. This reads the event stream once
-    and gives each anchor its expanded size, so the cost follows the text, not the expansion.
-    A syntax error is left for the loader to report, with its line.
-    """
-    try:
-        _scan_events(yaml.parse(text, Loader=_FAST_LOADER))
-    except yaml.YAMLError as error:
-        # libyaml stops at 1000 levels, before yielding the events that would show the depth.
-        # (PyYAML's own scanner would go on, in time quadratic in the depth.)
-        if "maximum nesting depth" in str(error):
-            raise _too_deep() from None
-
-
-def _too_deep() -> ConfigTextError:
-    return ConfigTextError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels")
-
-
-def _scan_events(events: Iterable[yaml.Event]) -> None:
-    sizes: dict[str, int] = {}
-    stack: list[_OpenNode] = []
-    for event in events:
-        if isinstance(event, yaml.DocumentStartEvent):
-            sizes.clear()  # anchors belong to one document
-        elif isinstance(event, yaml.CollectionStartEvent):
-            if len(stack) >= MAX_YAML_DEPTH:
-                raise _too_deep()
-            stack.append(_OpenNode(event.anchor))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            _add_size(stack, sizes, stack.pop())
-        elif isinstance(event, yaml.ScalarEvent):
-            _add_size(stack, sizes, _OpenNode(event.anchor))
-        elif isinstance(event, yaml.AliasEvent):
-            _add_size(stack, sizes, _OpenNode(None, _alias_size(stack, sizes, event.anchor)))
-
-
-def _alias_size(stack: list[_OpenNode], sizes: Mapping[str, int], anchor: str | None) -> int:
-    if anchor is None:
-        return 1
-    if any(node.anchor == anchor for node in stack):
-        raise ConfigTextError(f"the alias *{anchor} is used inside its own anchor &{anchor} (a loop)")
-    return sizes.get(anchor, 1)  # an undefined alias is the loader's to report
-
-
-def _add_size(stack: list[_OpenNode], sizes: dict[str, int], node: _OpenNode) -> None:
-    if node.anchor is not None:
-        sizes[node.anchor] = node.size
-    total = node.size + (stack[-1].size if stack else 0)
-    if total > MAX_YAML_NODES:
-        raise ConfigTextError(
-            f"the YAML aliases (*name) expand too far: more than {MAX_YAML_NODES:,} values "
-            "(a \"billion laughs\" file?)"
-        )
-    if stack:
-        stack[-1].size = total
-
-
 def quick_state_dir(config_path: Path) -> Path:
     """The state directory a config names, read without validating the rest of the file.
 
@@ -264,7 +97,7 @@ def quick_state_dir(config_path: Path) -> Path:
     `bawt_vllm:` section is looked for; otherwise the default applies. `config check` says what is wrong.
     """
     try:
-        data, too_big = _read_capped(config_path)
+        data, too_big = read_capped(config_path)
     except OSError:
         return default_state_dir()
     text = data.decode("utf-8", errors="replace")
@@ -281,8 +114,7 @@ def _state_dir_or_default(value: str | None) -> Path:
 
 
 def _state_dir_from_yaml(text: str) -> str | None:
-    check_yaml_expansion(text)
-    document: Any = yaml.load(text, Loader=_FAST_LOADER)
+    document = load_checked_yaml(text)
     section = document.get(GLOBAL_SECTION) if isinstance(document, dict) else None
     value = section.get("state_dir") if isinstance(section, dict) else None
     return value if isinstance(value, str) else None
@@ -326,22 +158,3 @@ def _scalar_text(raw: str) -> str | None:
 def control_socket(state_dir: Path) -> Path:
     """The daemon's control socket in a state directory."""
     return state_dir / "control.sock"
-
-
-def log_dir(state_dir: Path) -> Path:
-    """Where each start of each model writes its log, as <alias>.<N>.log."""
-    return state_dir / "logs"
-
-
-def find_log(logs: Path, alias: str, start: int | None = None) -> Path | None:
-    """The log of alias's start number `start`, else of its latest start; None if there is none.
-
-    An alias that could not be a model's (see is_safe_alias) has no log: it could point outside `logs`.
-    """
-    if not is_safe_alias(alias):
-        return None
-    if start is not None:
-        path = logs / f"{alias}.{start}.log"
-        return path if path.exists() else None
-    candidates = sorted(logs.glob(f"{alias}.*.log"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None

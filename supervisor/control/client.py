@@ -1,6 +1,9 @@
-"""`DaemonClient`: the Python API over the daemon's control socket (what the CLI uses).
+"""`DaemonClient`: the Python API over the daemon's control socket (the CLI and VLLMClient use it).
 
-Standard library only, so `bawt-vllm ps` does not pay for aiohttp or the openai SDK.
+The one way to reach a daemon: `DaemonClient.for_state_dir` / `for_config_file` find its socket,
+`ensure_running` starts one if none answers, `up(..., reload_if_unknown=True)` catches a daemon
+up with a models.yaml edited after it started. Standard library only, so `bawt-vllm ps` does not
+pay for aiohttp or the openai SDK.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
+from . import protocol
+from .protocol import DOWN, EVENTS, GPUS, LOGS, RELOAD, STATUS, UP, ErrorCode, error_code
+
 DAEMON_START_TIMEOUT_S = 30.0
-# The daemon sends a line at least every control.HEARTBEAT_S (5 s) while it loads or stops a
+# The daemon sends a line at least every protocol.HEARTBEAT_S (5 s) while it loads or stops a
 # model; silence for three heartbeats means it is stopped or hung, never that the wait is long.
-STREAM_READ_TIMEOUT_S = 15.0
+STREAM_READ_TIMEOUT_S = protocol.STREAM_READ_TIMEOUT_S
 
 
 class _Timeout(enum.Enum):
@@ -35,7 +41,11 @@ Timeout = float | None | _Timeout
 
 
 class DaemonError(RuntimeError):
-    """The daemon answered with an error."""
+    """The daemon answered with an error; `code` says which kind (protocol.ErrorCode)."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.INTERNAL) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DaemonNotRunning(DaemonError):
@@ -67,6 +77,35 @@ class DaemonClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
+    # -- finding the daemon -----------------------------------------------------------------
+    @classmethod
+    def for_state_dir(cls, state_dir: Path) -> DaemonClient:
+        """The client of the daemon that owns state_dir."""
+        from ..config.paths import control_socket
+
+        return cls(control_socket(state_dir))
+
+    @classmethod
+    def for_config_file(cls, config_path: Path) -> DaemonClient:
+        """The client of the daemon of a models.yaml, found by reading only its state_dir (fast: no
+        validation of the whole file; a file the quick reader cannot read raises its error)."""
+        from ..config.paths import quick_state_dir
+
+        return cls.for_state_dir(quick_state_dir(config_path))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.socket_path.parent
+
+    def ensure_running(self, config_path: Path, on_start: Callable[[Path], None] | None = None) -> None:
+        """Start a daemon for config_path unless one answers; on_start hears of it (with its log's path)."""
+        if self.ping():
+            return
+        log_path = self.state_dir / "daemon.log"
+        if on_start is not None:
+            on_start(log_path)
+        start_daemon(config_path, self.socket_path, log_path)
+
     # -- plumbing -----------------------------------------------------------------------
     def _seconds(self, timeout: Timeout) -> float | None:
         return self.timeout if timeout is CLIENT_DEFAULT else timeout
@@ -90,10 +129,11 @@ class DaemonClient:
             text = response.read().decode("utf-8", "replace")
             connection.close()
             try:
-                message = json.loads(text).get("error", text)
-            except (ValueError, AttributeError):
-                message = text
-            raise DaemonError(str(message))
+                payload = json.loads(text)
+            except ValueError:
+                payload = None
+            message = payload.get("error", text) if isinstance(payload, dict) else text
+            raise DaemonError(str(message), error_code(payload))
         return response
 
     def _unresponsive(self, seconds: float | None) -> DaemonUnresponsive:
@@ -123,7 +163,7 @@ class DaemonClient:
             for message in _json_lines(response):
                 if message.get("done") or "results" in message:  # "results": a daemon from before streaming
                     if not message.get("ok", True):
-                        raise DaemonError(message.get("error", f"{what} failed"))
+                        raise DaemonError(message.get("error", f"{what} failed"), error_code(message))
                     return message
                 if "event" in message and on_event is not None:
                     on_event(message["event"])
@@ -140,32 +180,43 @@ class DaemonClient:
     # -- API ----------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
-            self._json("GET", "/status", timeout=2.0)
+            self._json("GET", STATUS, timeout=2.0)
             return True
         except (DaemonNotRunning, DaemonUnresponsive, OSError):
             return False
 
     def status(self) -> dict[str, Any]:
-        return self._json("GET", "/status")
+        return self._json("GET", STATUS)
 
     def up(self, model: str, on_event: Callable[[dict[str, Any]], None] | None = None,
-           on_waiting: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+           on_waiting: Callable[[dict[str, Any]], None] | None = None, *,
+           reload_if_unknown: Callable[[list[str]], None] | None = None) -> dict[str, Any]:
         """Load model; on_event sees each load event, on_waiting each heartbeat (state, stage,
-        elapsed_s) while nothing else happens; returns the final result line."""
-        return self._stream("/up", {"model": model}, on_event, on_waiting, "load")
+        elapsed_s) while nothing else happens; returns the final result line.
+
+        With reload_if_unknown, a daemon that does not know model (it read an older models.yaml)
+        reloads its config once, the callback hears what changed, and the load is asked again.
+        """
+        try:
+            return self._stream(UP, {"model": model}, on_event, on_waiting, "load")
+        except DaemonError as error:
+            if error.code is not ErrorCode.UNKNOWN_MODEL or reload_if_unknown is None:
+                raise
+        reload_if_unknown(self.reload())
+        return self._stream(UP, {"model": model}, on_event, on_waiting, "load")
 
     def down(self, model: str | None = None, *, all_models: bool = False,
              on_event: Callable[[dict[str, Any]], None] | None = None,
              on_waiting: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Stop model (or every model); returns each stop's proof once the processes are gone."""
         body: dict[str, Any] = {"all": True} if all_models else {"model": model}
-        return self._stream("/down", body, on_event, on_waiting, "stop")["results"]
+        return self._stream(DOWN, body, on_event, on_waiting, "stop")["results"]
 
     def logs(self, model: str, *, start: int | None = None, lines: int = 200, follow: bool = False) -> Iterator[str]:
         query: dict[str, Any] = {"model": model, "lines": lines, "follow": int(follow)}
         if start is not None:
             query["start"] = start
-        response = self._request("GET", f"/logs?{urlencode(query)}", timeout=NO_TIMEOUT if follow else CLIENT_DEFAULT)
+        response = self._request("GET", f"{LOGS}?{urlencode(query)}", timeout=NO_TIMEOUT if follow else CLIENT_DEFAULT)
         try:
             while chunk := response.read1(65536):
                 yield chunk.decode("utf-8", "replace")
@@ -173,13 +224,13 @@ class DaemonClient:
             response.close()
 
     def gpus(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/gpus")["gpus"]
+        return self._json("GET", GPUS)["gpus"]
 
     def events(self, model: str) -> dict[str, Any]:
-        return self._json("GET", f"/events?{urlencode({'model': model})}")
+        return self._json("GET", f"{EVENTS}?{urlencode({'model': model})}")
 
     def reload(self) -> list[str]:
-        return self._json("POST", "/reload")["changes"]
+        return self._json("POST", RELOAD)["changes"]
 
 
 def _json_lines(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:

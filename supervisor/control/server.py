@@ -1,14 +1,7 @@
-"""The daemon's control API, on a Unix socket only its owner can open (mode 0600).
+"""The daemon's end of the control socket: the routes of `protocol`, thin over the pool.
 
-JSON over HTTP: `GET /status`, `POST /up`, `POST /down`, `GET /logs` (optionally following),
-`GET /gpus`, `GET /events`, `POST /reload`. The CLI's `DaemonClient` is its only intended caller.
-
-`/up` and `/down` answer with JSON lines (application/x-ndjson), because a load or a stop can
-rightly take minutes: each instance event as `{"event": {...}}`; while nothing happens, a
-heartbeat every HEARTBEAT_S, `{"waiting": {"model", "state", "stage", "elapsed_s"}}`; last,
-`{"done": true, "ok": true, ...}` or `{"done": true, "ok": false, "error": "..."}`. A client can
-so use a read timeout of a few heartbeats: it sees a dead daemon, never a long wait, as one.
-Every error is a JSON object `{"error": "..."}` with a 4xx/5xx status.
+Long waits (/up, /down) run as tasks detached from the request, so a client that goes away
+never leaves a load or a stop half done; the request only streams what happens meanwhile.
 """
 
 from __future__ import annotations
@@ -25,29 +18,47 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..catalog.entries import openai_entry_text
-from ..config.loading import UnknownModelError
-from ..config.paths import find_log
+from ..config.problems import UnknownModelError
 from ..runtime.gpus import describe
-from ..runtime.instance import Event, Instance, StartFailed, State, StopResult
-from ..runtime.pool import CapacityError, Pool
-from ..runtime.readiness import read_log_tail
+from ..runtime.instance import Instance, StartFailed
+from ..runtime.logfiles import LogFollower, find_log, read_log_tail
+from ..runtime.placement import CapacityError
+from ..runtime.pool import Pool
+from ..runtime.states import Event, State
+from ..runtime.stops import StopResult
+from .protocol import (
+    BODY_READ_TIMEOUT_S,
+    DOWN,
+    EVENTS,
+    GPUS,
+    HEARTBEAT_S,
+    LOGS,
+    RELOAD,
+    STATUS,
+    UP,
+    ErrorCode,
+    done_error,
+    done_ok,
+    error_body,
+    event_line,
+    waiting_line,
+)
 
 log = logging.getLogger("bawt_vllm.control")
 T = TypeVar("T")
 
 FOLLOW_POLL_S = 0.1
-HEARTBEAT_S = 5.0
-"""While /up or /down waits with nothing to report, a `waiting` line this often."""
-BODY_READ_TIMEOUT_S = 10.0
-"""A request body not in within this is answered 408: a half-sent request holds no handler."""
 
 _BUSY = (State.STARTING.value, State.STOPPING.value, State.UNHEALTHY.value)
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}
 
 
-def _error(status: type[web.HTTPError], message: str) -> web.HTTPError:
-    return status(text=json.dumps({"error": message}), content_type="application/json")
+def _error(status: type[web.HTTPError], message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> web.HTTPError:
+    return status(text=json.dumps(error_body(message, code)), content_type="application/json")
+
+
+_ROUTING_ERRORS = {404: ErrorCode.NO_ROUTE, 405: ErrorCode.METHOD_NOT_ALLOWED, 408: ErrorCode.TIMEOUT}
 
 
 def _json_type(value: object) -> str:
@@ -64,7 +75,8 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         if error.content_type == "application/json":
             raise
         headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
-        return web.json_response({"error": f"{error.reason}: {request.method} {request.path}"},
+        code = _ROUTING_ERRORS.get(error.status, ErrorCode.BAD_REQUEST if error.status < 500 else ErrorCode.INTERNAL)
+        return web.json_response(error_body(f"{error.reason}: {request.method} {request.path}", code),
                                  status=error.status, headers=headers)
 
 
@@ -75,7 +87,7 @@ async def _read_object(request: web.Request) -> dict[str, Any]:
             raw = await request.read()
     except TimeoutError:
         raise _error(web.HTTPRequestTimeout,
-                     f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g}s") from None
+                     f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g}s", ErrorCode.TIMEOUT) from None
     if not raw.strip():
         return {}
     try:
@@ -132,13 +144,13 @@ class ControlApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_json_errors])
-        app.router.add_get("/status", self.status)
-        app.router.add_post("/up", self.up)
-        app.router.add_post("/down", self.down)
-        app.router.add_get("/logs", self.logs)
-        app.router.add_get("/gpus", self.gpus)
-        app.router.add_get("/events", self.events)
-        app.router.add_post("/reload", self.reload)
+        app.router.add_get(STATUS, self.status)
+        app.router.add_post(UP, self.up)
+        app.router.add_post(DOWN, self.down)
+        app.router.add_get(LOGS, self.logs)
+        app.router.add_get(GPUS, self.gpus)
+        app.router.add_get(EVENTS, self.events)
+        app.router.add_post(RELOAD, self.reload)
         return app
 
     async def status(self, _request: web.Request) -> web.Response:
@@ -154,7 +166,7 @@ class ControlApi:
         try:
             return config.entry(config.resolve(name) or name).alias
         except UnknownModelError as error:
-            raise _error(web.HTTPNotFound, error.message) from None
+            raise _error(web.HTTPNotFound, error.message, ErrorCode.UNKNOWN_MODEL) from None
 
     # -- long waits: load and stop ----------------------------------------------------------
     async def up(self, request: web.Request) -> web.StreamResponse:
@@ -169,15 +181,14 @@ class ControlApi:
     def _up_result(self, alias: str, loading: asyncio.Future[Instance]) -> dict[str, Any]:
         error = loading.exception()
         if isinstance(error, StartFailed):
-            return {"done": True, "ok": False, "error": error.details()}
+            return done_error(error.details(), ErrorCode.START_FAILED)
         if isinstance(error, CapacityError):
-            return {"done": True, "ok": False, "error": str(error)}
+            return done_error(str(error), ErrorCode.NO_CAPACITY)
         if error is not None:
-            return {"done": True, "ok": False, "error": f"{error.__class__.__name__}: {error}"}
+            return done_error(f"{error.__class__.__name__}: {error}", ErrorCode.INTERNAL)
         instance = loading.result()
         gateway_entry = openai_entry_text(alias, instance.entry, f"{self.gateway_url}/v1")
-        return {"done": True, "ok": True, "model": instance.info(), "gateway": f"{self.gateway_url}/v1",
-                "llm_bawt_entry": gateway_entry}
+        return done_ok(model=instance.info(), gateway=f"{self.gateway_url}/v1", llm_bawt_entry=gateway_entry)
 
     async def down(self, request: web.Request) -> web.StreamResponse:
         body = await _read_object(request)
@@ -207,7 +218,7 @@ class ControlApi:
                 events.put_nowait((instance.alias, event))
 
         started = time.monotonic()
-        self.pool.listeners.append(forward)
+        unsubscribe = self.pool.subscribe(forward)
         getter: asyncio.Future[tuple[str, Event]] | None = None
         try:
             while not work.done():
@@ -222,7 +233,7 @@ class ControlApi:
             while not events.empty():
                 await _send_event(response, *events.get_nowait())
         finally:
-            self.pool.listeners.remove(forward)
+            unsubscribe()
             if getter is not None:
                 getter.cancel()
 
@@ -233,7 +244,7 @@ class ControlApi:
         else:
             rows = [row for alias in self.pool.config.models if (row := self._where(alias))["state"] in _BUSY]
         for row in rows or [{"model": None, "state": None, "stage": None}]:
-            await _send_line(response, {"waiting": {**row, "elapsed_s": round(elapsed_s, 1)}})
+            await _send_line(response, waiting_line(row["model"], row["state"], row["stage"], elapsed_s))
 
     def _where(self, alias: str) -> dict[str, Any]:
         """alias's state, and its load stage while it starts (a later stage would be stale)."""
@@ -250,7 +261,7 @@ class ControlApi:
         count = 200 if lines is None else lines
         path = self._log_path(alias, _int_query(request, "start", minimum=1))
         if path is None:
-            raise _error(web.HTTPNotFound, f"{alias} has no log yet")
+            raise _error(web.HTTPNotFound, f"{alias} has no log yet", ErrorCode.NO_LOG)
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "X-Log-Path": str(path)})
         await response.prepare(request)
@@ -268,16 +279,15 @@ class ControlApi:
         return find_log(self.pool.log_dir, alias, start)
 
     async def _follow(self, response: web.StreamResponse, path: Path) -> None:
-        offset = path.stat().st_size
-        while True:
-            size = path.stat().st_size
-            if size > offset:
-                with open(path, "rb") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read(size - offset)
-                offset = size
-                await response.write(chunk)
-            await asyncio.sleep(FOLLOW_POLL_S)
+        """What is written to the log from now on, as written, until the client goes away."""
+        follower = LogFollower(path, from_end=True)
+        try:
+            while True:
+                if chunk := follower.read_chunk():
+                    await response.write(chunk)
+                await asyncio.sleep(FOLLOW_POLL_S)
+        finally:
+            follower.close()
 
     async def gpus(self, _request: web.Request) -> web.Response:
         return web.json_response({"gpus": describe(self.pool.inventory.snapshot())})
@@ -294,15 +304,16 @@ class ControlApi:
             changes = await self._reload()
         except Exception as error:  # the daemon keeps running; the caller gets the reason
             log.exception("reload failed")
-            return web.json_response({"error": f"reload failed: {error.__class__.__name__}: {error}"}, status=500)
+            message = f"reload failed: {error.__class__.__name__}: {error}"
+            return web.json_response(error_body(message, ErrorCode.RELOAD_FAILED), status=500)
         return web.json_response({"changes": changes})
 
 
 def _down_result(stopping: asyncio.Future[list[StopResult]]) -> dict[str, Any]:
     error = stopping.exception()
     if error is not None:
-        return {"done": True, "ok": False, "error": f"{error.__class__.__name__}: {error}"}
-    return {"done": True, "ok": True, "results": [result.as_dict() for result in stopping.result()]}
+        return done_error(f"{error.__class__.__name__}: {error}", ErrorCode.STOP_FAILED)
+    return done_ok(results=[result.as_dict() for result in stopping.result()])
 
 
 async def _send_line(response: web.StreamResponse, payload: dict[str, Any]) -> None:
@@ -310,4 +321,4 @@ async def _send_line(response: web.StreamResponse, payload: dict[str, Any]) -> N
 
 
 async def _send_event(response: web.StreamResponse, alias: str, event: Event) -> None:
-    await _send_line(response, {"event": {**event.as_dict(), "model": alias}})
+    await _send_line(response, event_line(alias, event.as_dict()))

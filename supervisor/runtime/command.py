@@ -6,33 +6,21 @@ shown (`bawt-vllm` logs it) and tested without starting anything.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..config.reserved import reserved_flag_problems
 from ..config.toolformat import TOOL_FORMAT_NATIVE
 
 if TYPE_CHECKING:
-    from ..config.loading import ModelEntry, Settings
+    from ..config.schema import Config, ModelEntry, Settings
 
 API_KEY_ENV_VAR = "VLLM_API_KEY"
 """vLLM reads its API key from this variable when `--api-key` is not given."""
-
-SECRET_FLAGS: dict[str, str] = {
-    "--api-key": (
-        "anything in a command line is visible to every user through ps; "
-        "put the key in an environment variable and name it in api_key_env"
-    ),
-}
-"""Flags that must never appear in argv, with the reason."""
-
-MANAGED_FLAGS: dict[str, str] = {
-    "--host": "bawt-vllm sets it from bawt_vllm.host",
-    "--port": "bawt-vllm assigns it; use the entry's 'port' key to pin one",
-    "--served-model-name": "bawt-vllm sets it; use the entry's 'served_model_name' key",
-}
-"""Flags bawt-vllm sets itself; a second copy in extra_args would silently override them."""
 
 
 @dataclass(frozen=True)
@@ -45,21 +33,6 @@ class ServeCommand:
     def display(self) -> str:
         """The argv shell-quoted, for logs. Safe to show: secrets travel in `env`, never in argv."""
         return shlex.join(self.argv)
-
-
-def flag_name(arg: str) -> str:
-    """`--port=9000` -> `--port`; other arguments unchanged."""
-    return arg.split("=", 1)[0]
-
-
-def reserved_flag_problems(extra_args: Sequence[str]) -> list[str]:
-    """One message per secret or managed flag found in `extra_args`."""
-    reserved = {**MANAGED_FLAGS, **SECRET_FLAGS}
-    return [
-        f"'{flag_name(arg)}' must not be in extra_args: {reserved[flag_name(arg)]}"
-        for arg in extra_args
-        if flag_name(arg) in reserved
-    ]
 
 
 def build_serve_command(
@@ -154,3 +127,13 @@ def _child_env(entry: ModelEntry, gpus: Sequence[int] | None, api_key: str | Non
     if api_key is not None:
         env[API_KEY_ENV_VAR] = api_key
     return env
+
+
+def entry_fingerprint(entry: ModelEntry, config: Config) -> str:
+    """Identifies what an entry would run, so a reload can tell changed entries apart and a new
+    supervisor can tell whether a tree it finds still runs what is configured."""
+    command = build_serve_command(entry, config.settings, port=0, gpus=None,
+                                  model_source=entry.model_id or "resolved")
+    blob = json.dumps({"argv": command.argv, "env": command.env, "entry": entry.model_dump(mode="json")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

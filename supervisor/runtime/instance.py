@@ -11,65 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.loading import ModelEntry, Settings
+from ..config.schema import ModelEntry, Settings
+from ..config.urls import url_host
 from .command import ServeCommand, build_serve_command
-from .gpus import GpuInventory, NoGpuInventory, VramRelease, used_bytes, wait_vram_released
+from .gpus import GpuInventory, NoGpuInventory
+from .health import UNHEALTHY_CHECKS_BEFORE_RESTART, Health, HealthCheck
 from .listeners import port_listeners
-from .ports import url_host
+from .logfiles import LogFollower, next_log_path, read_log_tail
 from .process import KillReport, ProcessIdentity, ServeProcess
-from .readiness import STAGE_ORDER, HangDetector, HealthProbe, LogFollower, classify_line, read_log_tail
+from .readiness import HealthProbe, classify_line
+from .states import ENTERS, LIVE_STATES, STOP_KINDS, TRANSITIONS, Event, EventKind, IllegalTransition, Stage, State
+from .stops import StopResult
+from .vram import VramRelease, used_bytes, wait_vram_released
 
-
-class State(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING}),
-    State.STARTING: frozenset({State.STARTING, State.READY, State.FAILED, State.STOPPING}),
-    State.READY: frozenset({State.UNHEALTHY, State.STARTING, State.STOPPING, State.FAILED}),
-    State.UNHEALTHY: frozenset({State.READY, State.STARTING, State.STOPPING, State.FAILED}),
-    State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
-    State.FAILED: frozenset({State.STARTING, State.STOPPING}),
-}
-
-LIVE_STATES = frozenset({State.STARTING, State.READY, State.UNHEALTHY})
-
-
-class Health(StrEnum):
-    """One health check's verdict on a ready instance."""
-
-    OK = "ok"
-    SICK = "sick"  # /health or the port: restarted after a few checks in a row
-    HUNG = "hung"  # no engine progress for probe_timeout_s: restarted at once
-
-# Consecutive failed health checks after which a ready instance is restarted. vLLM answers
-# 503 once its engine is dead and exits a few seconds later, so a few checks is enough.
-UNHEALTHY_CHECKS_BEFORE_RESTART = 3
-# An idle engine is asked for one token every this many health intervals (a busy one is
-# judged by its own counters, never probed).
-IDLE_PROBE_EVERY_INTERVALS = 5
 # An instance that stayed ready this long has its restart count forgiven.
 RESTART_FORGIVE_AFTER_S = 600.0
-LOG_FILES_KEPT = 20
-
-
-class IllegalTransition(RuntimeError):
-    pass
 
 
 class StartFailed(RuntimeError):
@@ -95,65 +58,11 @@ class StartFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Event:
-    at: float
-    state: State
-    message: str
-    stage: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "state": self.state.value, "message": self.message, "stage": self.stage}
-
-
-@dataclass(frozen=True)
 class Placement:
     """Where an instance runs: its port and GPU indices (empty: on the CPU)."""
 
     port: int
     gpus: tuple[int, ...] = ()
-
-
-@dataclass
-class StopResult:
-    alias: str
-    took_s: float
-    was_running: bool
-    sigkilled: list[int] = field(default_factory=list)
-    survivors: list[int] = field(default_factory=list)
-    processes_checked: int = 0
-    vram: VramRelease | None = None
-
-    @property
-    def clean(self) -> bool:
-        return not self.survivors and (self.vram is None or self.vram.proven)
-
-    def proof(self) -> str:
-        if not self.was_running:
-            return "was not running"
-        parts = [f"{self.processes_checked} process(es) of the tree checked, "
-                 + ("none alive" if not self.survivors else f"STILL ALIVE: {self.survivors}")]
-        if self.sigkilled:
-            parts.append(f"SIGKILLed after the grace period: {self.sigkilled}")
-        if self.vram is not None:
-            parts.append(self.vram.detail)
-        return "; ".join(parts)
-
-    def summary(self) -> str:
-        """One line for people: 'tiny: gone in 0.31s (...proof...)'."""
-        if not self.was_running:
-            return f"{self.alias}: was not running"
-        verdict = "gone" if self.clean else "NOT CLEAN"
-        return f"{self.alias}: {verdict} in {self.took_s:.2f}s ({self.proof()})"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "alias": self.alias, "took_s": round(self.took_s, 3), "was_running": self.was_running,
-            "sigkilled": self.sigkilled, "survivors": self.survivors,
-            "processes_checked": self.processes_checked, "clean": self.clean, "proof": self.proof(),
-            "summary": self.summary(),
-            "vram_freed_bytes": None if self.vram is None else self.vram.freed_bytes,
-            "vram_proven": None if self.vram is None else self.vram.proven,
-        }
 
 
 Listener = Callable[["Instance", Event], None]
@@ -186,7 +95,7 @@ class Instance:
         self.restarts = 0
         self.launched_pids: list[int] = []  # every `vllm serve` this instance started, in order
         self.last_error: StartFailed | None = None
-        self.stage: str | None = None
+        self.stage: Stage | None = None
         self.ready_since: float | None = None
         self.log_path: Path | None = None
         self._state = State.STOPPED
@@ -240,15 +149,17 @@ class Instance:
         }
 
     # -- the single writer of state ---------------------------------------------------
-    def _enter(self, state: State, message: str, stage: str | None = None) -> None:
+    def _enter(self, kind: EventKind, message: str) -> None:
+        state = ENTERS[kind]
         if state not in TRANSITIONS[self._state]:
             raise IllegalTransition(f"{self.alias}: {self._state} -> {state} is not allowed ({message})")
         self._state = state
-        self._record(Event(time.time(), state, message, stage))
+        self._record(Event(time.time(), kind, state, message))
 
-    def _note(self, message: str, stage: str | None = None) -> None:
-        """An event that does not change the state (a load stage, a health blip)."""
-        self._record(Event(time.time(), self._state, message, stage))
+    def _note(self, kind: EventKind, message: str, stage: Stage | None = None) -> None:
+        """An event that does not change the state (a launch, a load stage, an exit before a restart)."""
+        assert kind not in ENTERS, f"{kind} changes the state: use _enter"
+        self._record(Event(time.time(), kind, self._state, message, stage))
 
     def _record(self, event: Event) -> None:
         self.events.append(event)
@@ -271,7 +182,7 @@ class Instance:
             self.restarts = 0
             self.last_error = None
             self._shutdown_coming = False
-            self._enter(State.STARTING, "start requested")
+            self._enter(EventKind.START_REQUESTED, "start requested")
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name=f"supervise {self.alias}")
 
     async def wait_ready(self, timeout: float | None = None) -> None:
@@ -294,30 +205,31 @@ class Instance:
         """
         self._shutdown_coming = True
 
-    async def stop(self, reason: str = "stop requested") -> StopResult:
+    async def stop(self, reason: str = "stop requested", kind: EventKind = EventKind.STOPPING) -> StopResult:
         """Stop the whole tree and prove it is gone (and its VRAM back, on a GPU).
 
         Shielded: a caller that gives up (a client that disconnects, a timeout) does not
         leave a tree half killed; the stop runs to its end regardless.
         """
         self._shutdown_coming = True
-        return await asyncio.shield(self._stop(reason))
+        assert kind in STOP_KINDS, kind
+        return await asyncio.shield(self._stop(reason, kind))
 
-    async def _stop(self, reason: str) -> StopResult:
+    async def _stop(self, reason: str, kind: EventKind) -> StopResult:
         async with self._lifecycle:
             if self._process is None and self._state in (State.STOPPED, State.FAILED):
                 if self._state is State.FAILED:
-                    self._enter(State.STOPPING, reason)
-                    self._enter(State.STOPPED, "stopped (nothing was running)")
+                    self._enter(kind, reason)
+                    self._enter(EventKind.STOPPED, "stopped (nothing was running)")
                 return StopResult(self.alias, 0.0, was_running=False)
-            self._enter(State.STOPPING, reason)
+            self._enter(kind, reason)
             self.ready_since = None
             await self._cancel_supervisor()
             result = await self._end_process()
             if result.survivors:
-                self._enter(State.FAILED, f"stop left processes alive: {result.survivors}")
+                self._enter(EventKind.FAILED, f"stop left processes alive: {result.survivors}")
             else:
-                self._enter(State.STOPPED, f"stopped in {result.took_s:.2f}s: {result.proof()}")
+                self._enter(EventKind.STOPPED, f"stopped in {result.took_s:.2f}s: {result.proof()}")
             return result
 
     async def _cancel_supervisor(self) -> None:
@@ -336,7 +248,7 @@ class Instance:
         async with self._lifecycle:
             self._process = process
             self.log_path = log_path
-            self._enter(State.STARTING, f"adopting pid {process.pid} left running by a previous supervisor")
+            self._enter(EventKind.ADOPTING, f"adopting pid {process.pid} left running by a previous supervisor")
             self._supervisor = asyncio.get_running_loop().create_task(
                 self._supervise(adopted=True), name=f"supervise {self.alias}")
 
@@ -350,7 +262,7 @@ class Instance:
                                           log_tail=self.log_tail(), log_path=self.log_path)
             await self._end_process()
             if self._state is not State.FAILED:
-                self._enter(State.FAILED, self.last_error.reason)
+                self._enter(EventKind.FAILED, self.last_error.reason)
 
     async def _supervise_lives(self, adopted: bool) -> None:
         first_start = not adopted
@@ -365,29 +277,29 @@ class Instance:
                 self.last_error = failure
                 cleanup = await self._end_process()
                 if cleanup.survivors:
-                    self._enter(State.FAILED, f"{failure.reason}; {self._survivors_block(cleanup)}")
+                    self._enter(EventKind.FAILED, f"{failure.reason}; {self._survivors_block(cleanup)}")
                     return
                 if first_start or self._shutdown_coming or self.restarts >= self.settings.max_restarts:
-                    self._enter(State.FAILED, failure.reason)
+                    self._enter(EventKind.FAILED, failure.reason)
                     return
                 await self._backoff(failure.reason)
                 continue
             first_start = False
             self.ready_since = time.time()
-            self._enter(State.READY, f"ready at {self.endpoint}")
+            self._enter(EventKind.READY, f"ready at {self.endpoint}")
             reason = await self._watch()
             self.ready_since = None
             self.last_error = StartFailed(self.alias, reason, exit_code=self._exit_code(),
                                           log_tail=self.log_tail(), log_path=self.log_path)
             cleanup = await self._end_process()
             if cleanup.survivors:
-                self._enter(State.FAILED, f"{reason}; {self._survivors_block(cleanup)}")
+                self._enter(EventKind.FAILED, f"{reason}; {self._survivors_block(cleanup)}")
                 return
-            self._note(f"{reason}; what was left of the tree is gone: {cleanup.proof()}")
+            self._note(EventKind.EXITED, f"{reason}; what was left of the tree is gone: {cleanup.proof()}")
             if self._shutdown_coming:
                 return
             if self.restarts >= self.settings.max_restarts:
-                self._enter(State.FAILED, f"{reason}; gave up after {self.restarts} restart(s)")
+                self._enter(EventKind.FAILED, f"{reason}; gave up after {self.restarts} restart(s)")
                 return
             await self._backoff(reason)
 
@@ -398,20 +310,12 @@ class Instance:
     async def _backoff(self, reason: str) -> None:
         delay = min(self.settings.restart_backoff_s * (2 ** self.restarts), self.settings.restart_backoff_max_s)
         self.restarts += 1
-        self._enter(State.STARTING, f"{reason}; restart {self.restarts}/{self.settings.max_restarts} in {delay:.1f}s")
+        attempt = f"restart {self.restarts}/{self.settings.max_restarts}"
+        self._enter(EventKind.RESTARTING, f"{reason}; {attempt} in {delay:.1f}s")
         await asyncio.sleep(delay)
 
     def _exit_code(self) -> int | None:
         return None if self._process is None else self._process.exit_code()
-
-    def _next_log_path(self) -> Path:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        pattern = re.compile(rf"^{re.escape(self.alias)}\.(\d+)\.log$")
-        numbers = sorted(int(m.group(1)) for p in self.log_dir.iterdir() if (m := pattern.match(p.name)))
-        for old in numbers[: max(0, len(numbers) - LOG_FILES_KEPT + 1)]:
-            with contextlib.suppress(OSError):
-                (self.log_dir / f"{self.alias}.{old}.log").unlink()
-        return self.log_dir / f"{self.alias}.{(numbers[-1] + 1) if numbers else 1}.log"
 
     def serve_command(self) -> ServeCommand:
         gpus = list(self.placement.gpus) if self.placement.gpus else None
@@ -423,7 +327,7 @@ class Instance:
             command = self.serve_command()
         except ValueError as error:
             raise StartFailed(self.alias, f"cannot build the vllm serve command: {error}") from None
-        self.log_path = self._next_log_path()
+        self.log_path = next_log_path(self.log_dir, self.alias)
         self._vram_before = self._vram_reading()
         self._vram_running = None
         # NOTIFY_SOCKET is systemd's channel to the daemon; vLLM must not talk on it.
@@ -435,8 +339,8 @@ class Instance:
                               "(bawt_vllm.vllm_executable names the vllm program; vLLM often lives in its own venv)",
                               log_path=self.log_path) from None
         self.launched_pids.append(self._process.pid)
-        self.stage = "launched"
-        self._note(f"launched pid {self._process.pid}, log {self.log_path}", stage="launched")
+        self.stage = Stage.LAUNCHED
+        self._note(EventKind.LAUNCHED, f"launched pid {self._process.pid}, log {self.log_path}", Stage.LAUNCHED)
 
     def _vram_reading(self) -> int | None:
         if not self.placement.gpus:
@@ -497,10 +401,10 @@ class Instance:
             stage = classify_line(line)
             if stage is None:
                 continue
-            announced_ready = announced_ready or stage == "ready"
-            if STAGE_ORDER[stage] > STAGE_ORDER.get(self.stage or "", -1):
+            announced_ready = announced_ready or stage is Stage.READY
+            if self.stage is None or stage.rank > self.stage.rank:
                 self.stage = stage
-                self._note(line.strip()[:200], stage=stage)
+                self._note(EventKind.STAGE, line.strip()[:200], stage)
         return announced_ready
 
     async def _watch(self) -> str:
@@ -508,8 +412,7 @@ class Instance:
         assert self._process is not None
         process = self._process
         probe = HealthProbe(self.endpoint.removesuffix("/v1"), self.entry.served_name, self.api_key)
-        interval = self.settings.health_interval_s
-        hangs = HangDetector(self.settings.probe_timeout_s, interval * IDLE_PROBE_EVERY_INTERVALS)
+        check = HealthCheck(probe, self.placement.port, self.settings)
         failed_checks = 0
         try:
             while True:
@@ -519,44 +422,21 @@ class Instance:
                 members = process.refresh()
                 if self.ready_since and time.time() - self.ready_since > RESTART_FORGIVE_AFTER_S:
                     self.restarts = 0
-                verdict, why = await self._check(probe, members, hangs)
+                verdict, why = await check.run(members)
                 if verdict is Health.HUNG:
                     return why  # the detector's window already spans probe_timeout_s: restart now
                 if verdict is Health.OK:
                     if self._state is State.UNHEALTHY:
-                        self._enter(State.READY, "healthy again")
+                        self._enter(EventKind.RECOVERED, "healthy again")
                     failed_checks = 0
                     continue
                 failed_checks += 1
                 if self._state is State.READY:
-                    self._enter(State.UNHEALTHY, why)
+                    self._enter(EventKind.UNHEALTHY, why)
                 if failed_checks >= UNHEALTHY_CHECKS_BEFORE_RESTART:
                     return f"unhealthy: {why} ({failed_checks} checks in a row)"
         finally:
             await probe.close()
-
-    async def _check(self, probe: HealthProbe, members: list[ProcessIdentity],
-                     hangs: HangDetector) -> tuple[Health, str]:
-        status = await probe.health()
-        if status != 200:
-            return Health.SICK, "/health did not answer" if status is None else f"/health answered {status}"
-        if not self._port_is_ours(members, during_load=False):
-            return Health.SICK, f"port {self.placement.port} is no longer ours alone"
-        if not self.settings.liveness_probe:
-            return Health.OK, "ok"
-        return await self._engine_alive(probe, hangs)
-
-    async def _engine_alive(self, probe: HealthProbe, hangs: HangDetector) -> tuple[Health, str]:
-        """A busy engine must show progress in vLLM's counters; an idle one must give a token."""
-        load = await probe.engine_load()
-        now = time.monotonic()
-        if load is not None and load.busy > 0:
-            hung = hangs.busy(load, now)
-            return (Health.HUNG, hung) if hung else (Health.OK, "ok")
-        if hangs.idle_probe_due(load, now) and not await probe.generates(self.settings.probe_timeout_s):
-            timeout = self.settings.probe_timeout_s
-            return Health.HUNG, f"engine hung: a 1-token request got no answer within {timeout:g}s"
-        return Health.OK, "ok"
 
     async def _end_process(self) -> StopResult:
         # The process stays recorded until the kill completes, so that a stop that cancels
@@ -569,9 +449,7 @@ class Instance:
         if self._process is process and report.clean:
             self._process = None  # kept while anything survives, so the record and port stay held
         self.stage = None
-        return StopResult(self.alias, report.took_s + (vram.seconds if vram else 0.0), was_running=True,
-                          sigkilled=report.sigkilled, survivors=report.survivors,
-                          processes_checked=report.checked, vram=vram)
+        return StopResult.of_kill(self.alias, report, vram)
 
     async def _prove_vram_released(self, members: list[ProcessIdentity]) -> VramRelease | None:
         if not self.placement.gpus or not self.inventory.snapshot():

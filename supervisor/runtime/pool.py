@@ -10,35 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from ..config.loading import Config, ModelEntry
-from ..config.paths import log_dir as logs_in
-from .command import build_serve_command
-from .gpus import GpuInventory, GpuUnavailableError, choose_gpus, detect_inventory
-from .instance import LIVE_STATES, Event, Instance, Placement, StartFailed, State, StopResult
-from .listeners import port_listeners
-from .ports import PortAllocator, url_host
+from ..config.schema import Config, ModelEntry
+from .command import entry_fingerprint
+from .gpus import GpuInventory, GpuUnavailableError, detect_inventory
+from .instance import Instance, Placement, StartFailed
+from .logfiles import log_dir as logs_in
+from .placement import CapacityError, Occupant, choose_slot, evictable_later, eviction_candidate, idle_expired
+from .ports import PortAllocator
 from .process import ServeProcess
-from .readiness import HealthProbe
+from .recovery import RecoveryReport, is_adoptable, leftover_tree, stop_leftover
 from .statefile import InstanceRecord, StateStore
+from .states import LIVE_STATES, Event, EventKind, State
+from .stops import StopResult
 
+# Events after which a running tree's record is (re)written: its members may have changed.
+_RECORDED_ON = frozenset({EventKind.LAUNCHED, EventKind.ADOPTING, EventKind.READY, EventKind.UNHEALTHY,
+                          EventKind.RECOVERED})
+EventListener = Callable[[Instance, Event], None]
+StopListener = Callable[[StopResult], None]
 JOIN_ATTEMPTS = 3  # how often a caller whose instance was stopped under it places it again
-
-
-class CapacityError(RuntimeError):
-    """Nothing free to place an instance on, and nothing idle to evict."""
 
 
 class PoolClosed(CapacityError):
     """The pool is shutting down: nothing new starts."""
+
+
+class PlacementFailed(RuntimeError):
+    """A model could not be placed or started for a reason other than capacity or a failed load
+    (no free port, a GGUF download that failed, ...)."""
 
 
 class ConfigRejected(ValueError):
@@ -52,33 +59,6 @@ class Usage:
     requests: int = 0
 
 
-@dataclass
-class RecoveryReport:
-    adopted: list[str] = field(default_factory=list)
-    stopped: list[StopResult] = field(default_factory=list)
-    gone: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not self.adopted and not self.stopped
-
-    def lines(self) -> list[str]:
-        """What a previous supervisor left, and what became of it, for the log."""
-        lines = [f"adopted {alias}, left running by a previous supervisor" for alias in self.adopted]
-        lines += [f"stopped {stop.alias}, left behind by a previous supervisor: {stop.proof()}"
-                  for stop in self.stopped]
-        return lines
-
-
-def entry_fingerprint(entry: ModelEntry, config: Config) -> str:
-    """Identifies what an entry would run, so a reload can tell changed entries apart."""
-    command = build_serve_command(entry, config.settings, port=0, gpus=None,
-                                  model_source=entry.model_id or "resolved")
-    blob = json.dumps({"argv": command.argv, "env": command.env, "entry": entry.model_dump(mode="json")},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 class Pool:
     def __init__(self, config: Config, *, inventory: GpuInventory | None = None) -> None:
         self.config = config
@@ -86,13 +66,13 @@ class Pool:
         self.store = StateStore(self.state_dir)
         settings = config.settings
         self.ports = PortAllocator(settings.host, settings.port_range[0], settings.port_range[1])
-        self.instances: dict[str, Instance] = {}
+        self._instances: dict[str, Instance] = {}
         self.usage: dict[str, Usage] = {}
         self._gguf_paths: dict[tuple[str, str], str] = {}  # (repo_id, filename) -> the local .gguf
         self._placing = asyncio.Lock()
         self._idle = asyncio.Condition()
-        self.listeners: list[Callable[[Instance, Event], None]] = []
-        self.stop_listeners: list[Callable[[StopResult], None]] = []
+        self._listeners: list[EventListener] = []
+        self._stop_listeners: list[StopListener] = []
         self._ttl_task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -104,9 +84,69 @@ class Pool:
     def log_dir(self) -> Path:
         return logs_in(self.state_dir)
 
+    # -- subscriptions ----------------------------------------------------------------------
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call listener with every event of every instance from now on; returns the unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def on_stop(self, listener: StopListener) -> None:
+        """Call listener with the proof of every stop the pool makes (down, eviction, idle, reload, close)."""
+        self._stop_listeners.append(listener)
+
+    # -- read side ------------------------------------------------------------------------
     def get(self, alias: str) -> Instance | None:
-        """The instance of alias, if one was ever placed (read-only view for status pages)."""
-        return self.instances.get(alias)
+        """The instance of alias, if one was ever placed (to read: state, events, log)."""
+        return self._instances.get(alias)
+
+    @property
+    def instances(self) -> Mapping[str, Instance]:
+        """Every instance ever placed, by alias (a read-only view)."""
+        return MappingProxyType(self._instances)
+
+    def is_ready(self, alias: str) -> bool:
+        instance = self._instances.get(alias)
+        return instance is not None and instance.state is State.READY
+
+    def state_of(self, alias: str) -> State:
+        instance = self._instances.get(alias)
+        return State.STOPPED if instance is None else instance.state
+
+    def progress(self, alias: str) -> str:
+        """What a load of alias is doing now, for people: its stage, else its state, else 'placing'."""
+        instance = self._instances.get(alias)
+        return (instance.stage or instance.state.value) if instance else "placing"
+
+    # -- serving requests ------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def serving(self, alias: str, *, on_wait: Callable[[str], Awaitable[None]] | None = None,
+                      wait_tick_s: float = 2.0) -> AsyncIterator[Instance]:
+        """The ready instance of alias for one request, loaded on demand (llama-swap's EnsureReady).
+
+        The request counts as in flight from the first moment (so the instance is neither
+        evicted nor idle-unloaded under it) until the block ends. While a load goes on,
+        on_wait (if given) is called every wait_tick_s with what the load is doing.
+        Raises CapacityError, StartFailed, or PlacementFailed for anything else.
+        """
+        async with self._in_flight(alias):
+            yield await self._ready_for_request(alias, on_wait, wait_tick_s)
+
+    async def _ready_for_request(self, alias: str, on_wait: Callable[[str], Awaitable[None]] | None,
+                                 wait_tick_s: float) -> Instance:
+        loading = asyncio.ensure_future(self.up(alias))
+        try:
+            while not loading.done():
+                await asyncio.wait({loading}, timeout=wait_tick_s)
+                if not loading.done() and on_wait is not None:
+                    await on_wait(self.progress(alias))
+            return loading.result()
+        except (CapacityError, StartFailed):
+            raise
+        except Exception as error:
+            raise PlacementFailed(f"{alias}: {error}") from error
+        finally:
+            if not loading.done():
+                loading.cancel()
 
     # -- placing and starting -----------------------------------------------------------
     async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Instance:
@@ -135,13 +175,13 @@ class Pool:
         """The live instance of alias, placed and started if there is none."""
         self.config.entry(alias)  # unknown alias -> clear error
         self._refuse_if_closing(alias)
-        instance = self.instances.get(alias)
+        instance = self._instances.get(alias)
         if instance is not None and instance.state in LIVE_STATES:
             return instance
         async with self._placing:
             self._refuse_if_closing(alias)
             entry = self.config.entry(alias)  # the entry as it is now, after any reload
-            instance = self.instances.get(alias)
+            instance = self._instances.get(alias)
             if instance is None or instance.state not in LIVE_STATES:
                 instance = await self._place(entry, instance)
                 await instance.start()
@@ -169,7 +209,7 @@ class Pool:
         instance = Instance(entry, self.config.settings, Placement(port, tuple(gpus)), log_dir=self.log_dir,
                             inventory=self.inventory, model_source=source, api_key=api_key)
         instance.add_listener(self._on_event)
-        self.instances[entry.alias] = instance
+        self._instances[entry.alias] = instance
         self.usage.setdefault(entry.alias, Usage())
         return instance
 
@@ -179,7 +219,7 @@ class Pool:
             return None
         key = (entry.repo_id or "", entry.filename or "")
         if key not in self._gguf_paths:
-            from ..catalog.hub import pull
+            from .weights import pull
 
             self._gguf_paths[key] = str(await asyncio.to_thread(pull, entry, progress=False))
         return self._gguf_paths[key]
@@ -191,17 +231,16 @@ class Pool:
         while True:
             self._refuse_if_closing(entry.alias)
             try:
-                return self._try_gpus_for(entry)
+                return choose_slot(entry, self.inventory.snapshot(), self._occupants(),
+                                   self.config.settings.max_cpu_instances)
             except (GpuUnavailableError, CapacityError) as busy:
-                victim = self._eviction_candidate(exclude=entry.alias)
+                victim = eviction_candidate(self._occupants(), exclude=entry.alias)
                 if victim is not None:
-                    await self.down(victim.alias, reason=f"evicted (least recently used) for {entry.alias}")
+                    await self.down(victim, reason=f"evicted (least recently used) for {entry.alias}",
+                                    kind=EventKind.EVICTED)
                     continue
-                if not self._evictable_later(entry.alias) or not await self._wait_for_idle(deadline):
+                if not evictable_later(self._occupants(), entry.alias) or not await self._wait_for_idle(deadline):
                     raise CapacityError(f"{busy}; every running model is busy") from busy
-
-    def _evictable_later(self, exclude: str) -> bool:
-        return any(i.alias != exclude and i.state in (State.READY, State.UNHEALTHY) for i in self.instances.values())
 
     async def _wait_for_idle(self, deadline: float) -> bool:
         """Wait until some request finishes; False once the deadline has passed."""
@@ -215,53 +254,39 @@ class Pool:
                 return False
         return True
 
-    def _try_gpus_for(self, entry: ModelEntry) -> list[int]:
-        gpus = self.inventory.snapshot()
-        live = [i for i in self.instances.values() if i.state in LIVE_STATES or i.process is not None]
-        if not gpus:
-            cap = self.config.settings.max_cpu_instances
-            if len(live) >= cap:
-                names = ", ".join(i.alias for i in live)
-                raise CapacityError(f"{entry.alias}: no GPU here and the CPU cap of {cap} instance(s) "
-                                    f"is reached ({names}); raise bawt_vllm.max_cpu_instances or stop one")
-            return []
-        held = {gpu: i.alias for i in live for gpu in i.placement.gpus}
-        return choose_gpus(gpus, count=entry.tensor_parallel_size, held=held, pin=entry.gpu,
-                           memory_fraction=entry.gpu_memory_utilization, alias=entry.alias)
-
-    def _eviction_candidate(self, exclude: str) -> Instance | None:
-        idle = [i for i in self.instances.values()
-                if i.alias != exclude and i.state in (State.READY, State.UNHEALTHY)
-                and self.usage[i.alias].in_flight == 0]
-        return min(idle, key=lambda i: self.usage[i.alias].last_used, default=None)
+    def _occupants(self) -> list[Occupant]:
+        return [Occupant(alias, i.state, i.state in LIVE_STATES or i.process is not None, i.placement.gpus,
+                         self.usage[alias].in_flight, self.usage[alias].last_used)
+                for alias, i in self._instances.items()]
 
     # -- stopping -------------------------------------------------------------------------
-    async def down(self, alias: str, *, reason: str = "stop requested") -> StopResult:
+    async def down(self, alias: str, *, reason: str = "stop requested",
+                   kind: EventKind = EventKind.STOPPING) -> StopResult:
         """Stop alias and release its port and record; runs to its end even if the caller is cancelled."""
         self.config.entry(alias)  # unknown alias -> clear error
-        return await asyncio.shield(self._down(alias, reason))
+        return await asyncio.shield(self._down(alias, reason, kind))
 
-    async def _down(self, alias: str, reason: str) -> StopResult:
-        instance = self.instances.get(alias)
+    async def _down(self, alias: str, reason: str, kind: EventKind) -> StopResult:
+        instance = self._instances.get(alias)
         if instance is None:
             return StopResult(alias, 0.0, was_running=False)
-        result = await instance.stop(reason)
+        result = await instance.stop(reason, kind)
         self._release(instance)
-        for listener in self.stop_listeners:
+        for listener in self._stop_listeners:
             listener(result)
         return result
 
     async def down_all(self) -> list[StopResult]:
-        return list(await asyncio.gather(*(self.down(alias) for alias in list(self.instances))))
+        return list(await asyncio.gather(*(self.down(alias) for alias in list(self._instances))))
 
     def _release(self, instance: Instance) -> None:
         if instance.process is None:
             self.ports.release(instance.placement.port)
             self.store.remove(instance.alias)
 
-    # -- usage (the gateway's view) -------------------------------------------------------
+    # -- usage -------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def in_use(self, alias: str) -> AsyncIterator[Usage]:
+    async def _in_flight(self, alias: str) -> AsyncIterator[Usage]:
         usage = self.usage.setdefault(alias, Usage())
         usage.in_flight += 1
         usage.requests += 1
@@ -276,7 +301,7 @@ class Pool:
     def status(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for alias in self.config.models:
-            instance = self.instances.get(alias)
+            instance = self._instances.get(alias)
             usage = self.usage.get(alias, Usage())
             row: dict[str, Any] = instance.info() if instance else {"alias": alias, "state": State.STOPPED.value}
             row["in_flight"] = usage.in_flight
@@ -294,23 +319,19 @@ class Pool:
         while True:
             await asyncio.sleep(interval_s)
             for alias in self.expired_aliases():
-                await self.down(alias, reason="idle TTL")
+                await self.down(alias, reason="idle TTL", kind=EventKind.IDLE_UNLOADED)
 
     def expired_aliases(self) -> list[str]:
-        now = time.monotonic()
-        expired = []
-        for alias, instance in self.instances.items():
-            ttl = instance.entry.idle_ttl_s or self.config.settings.idle_ttl_s
-            usage = self.usage[alias]
-            if ttl and instance.state is State.READY and usage.in_flight == 0 and now - usage.last_used > ttl:
-                expired.append(alias)
-        return expired
+        def ttl_of(alias: str) -> float | None:
+            return self._instances[alias].entry.idle_ttl_s or self.config.settings.idle_ttl_s
+
+        return idle_expired(self._occupants(), ttl_of, time.monotonic())
 
     async def close(self) -> list[StopResult]:
         """Stop everything; from the first line on, nothing new starts (loads waiting for
         capacity give up, and a placement under way finishes before the stops begin)."""
         self._closing = True
-        for instance in self.instances.values():
+        for instance in self._instances.values():
             instance.expect_shutdown()
         async with self._idle:
             self._idle.notify_all()
@@ -319,7 +340,7 @@ class Pool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ttl_task
         async with self._placing:
-            for instance in self.instances.values():
+            for instance in self._instances.values():
                 instance.expect_shutdown()
             return await self.down_all()
 
@@ -337,14 +358,14 @@ class Pool:
         self._check_applicable(new)
         async with self._placing:
             changes = []
-            for alias in list(self.instances):
+            for alias in list(self._instances):
                 why = self._reload_reason(alias, new)
                 if why is None:
                     continue
                 result = await self.down(alias, reason=f"config reload: {why}")
                 changes.append(f"{alias}: {why}, stopped ({result.summary()})")
-                if self.instances[alias].process is None:
-                    del self.instances[alias]
+                if self._instances[alias].process is None:
+                    del self._instances[alias]
             changes += [f"{alias}: added" for alias in new.models if alias not in self.config.models]
             self.config = new
             self.ports.low, self.ports.high = new.settings.port_range
@@ -368,15 +389,13 @@ class Pool:
 
     # -- records and recovery ---------------------------------------------------------------
     def _on_event(self, instance: Instance, event: Event) -> None:
-        for listener in self.listeners:
+        for listener in self._listeners:
             listener(instance, event)
-        if event.state is State.READY and event.stage is None:
+        if event.kind is EventKind.READY:
             usage = self.usage.setdefault(instance.alias, Usage())
             usage.last_used = max(usage.last_used, time.monotonic())  # idle time counts from ready, not load
         process = instance.process
-        if process is None or event.state not in LIVE_STATES:
-            return
-        if event.stage not in (None, "launched") and event.state is State.STARTING:
+        if process is None or event.kind not in _RECORDED_ON:
             return
         self.store.save(InstanceRecord(
             alias=instance.alias, pid=process.pid, create_time=process.root.create_time,
@@ -401,36 +420,20 @@ class Pool:
     async def _recover(self, adopt: bool) -> RecoveryReport:
         report = RecoveryReport()
         for record in self.store.load_all():
-            process = ServeProcess.adopt(record.root, pgid=record.pgid, sid=record.sid,
-                                         known=record.member_identities(), token=record.token)
+            process = leftover_tree(record)
             if not process.refresh(everywhere=True):
                 self.store.remove(record.alias)
                 report.gone.append(record.alias)
                 continue
-            if adopt and await self._adoptable(record, process):
+            if adopt and await is_adoptable(record, process, self.config):
                 await self._adopt(record, process)
                 report.adopted.append(record.alias)
                 continue
-            kill = await process.kill_tree(self.config.settings.stop_grace_s)
-            report.stopped.append(StopResult(record.alias, kill.took_s, was_running=True, sigkilled=kill.sigkilled,
-                                             survivors=kill.survivors, processes_checked=kill.checked))
-            if kill.clean:
+            stop = await stop_leftover(record, process, self.config.settings.stop_grace_s)
+            report.stopped.append(stop)
+            if stop.clean:
                 self.store.remove(record.alias)
         return report
-
-    async def _adoptable(self, record: InstanceRecord, process: ServeProcess) -> bool:
-        """Still configured unchanged, answering with its own key, and the port is its own."""
-        entry = self.config.models.get(record.alias)
-        if entry is None or entry_fingerprint(entry, self.config) != record.config_fingerprint:
-            return False
-        if not port_listeners(record.port, [m.pid for m in process.refresh()]).owned:
-            return False
-        base = f"http://{url_host(self.config.settings.host)}:{record.port}"
-        probe = HealthProbe(base, record.served_name, record.api_key)
-        try:
-            return await probe.ready()
-        finally:
-            await probe.close()
 
     async def _adopt(self, record: InstanceRecord, process: ServeProcess) -> None:
         entry = self.config.entry(record.alias)
@@ -438,7 +441,7 @@ class Pool:
         instance = Instance(entry, self.config.settings, Placement(record.port, tuple(record.gpus)),
                             log_dir=self.log_dir, inventory=self.inventory, api_key=record.api_key)
         instance.add_listener(self._on_event)
-        self.instances[record.alias] = instance
+        self._instances[record.alias] = instance
         self.usage.setdefault(record.alias, Usage())
         await instance.adopt(process, Path(record.log) if record.log else None)
         await instance.wait_ready(timeout=30)

@@ -9,23 +9,11 @@ from __future__ import annotations
 import socket
 import threading
 
+from ..config.urls import connect_host
+
 
 class NoFreePortError(RuntimeError):
     pass
-
-
-_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
-
-
-def connect_host(bind_host: str) -> str:
-    """The address a client on this machine uses to reach a server bound to bind_host."""
-    return _WILDCARD_TO_LOOPBACK.get(bind_host, bind_host)
-
-
-def url_host(bind_host: str) -> str:
-    """connect_host, written for a URL (IPv6 literals in brackets)."""
-    host = connect_host(bind_host)
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def port_answers(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -96,7 +96,8 @@ def become_subreaper() -> bool:
     Without it, a vLLM EngineCore orphaned by a dying API server is re-parented to init,
     which in a container may never reap it. With it, it comes to us and we reap it.
     """
-    return _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    result: int = _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    return result == 0
 
 
 def _child_setup() -> None:  # runs in the child between fork and exec

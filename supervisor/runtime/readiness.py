@@ -12,96 +12,33 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 import aiohttp
 
+from .states import Stage
+
 # (stage, pattern), latest stage first: a line announcing a later stage wins. Stages only
-# move forward (see STAGE_ORDER), so a late log line cannot make the display go backwards.
-LOAD_STAGES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("ready", re.compile(r"Application startup complete")),
-    ("serving", re.compile(r"Starting vLLM (API )?server on|Uvicorn running on")),
-    ("graph capture", re.compile(r"Capturing CUDA graphs?|Graph capturing finished")),
-    ("compiling", re.compile(r"torch\.compile takes|Compiling a graph|Dynamo bytecode transform")),
-    ("kv cache", re.compile(r"KV cache size|Available KV cache memory|# (GPU|CPU) blocks|GiB for KV cache")),
-    ("weights loaded", re.compile(r"Model loading took|Loading weights took")),
-    ("loading weights", re.compile(r"Starting to load model|Loading (safetensors|pt|gguf)|checkpoint shards")),
-    ("downloading", re.compile(r"Downloading|Fetching \d+ files")),
-    ("engine starting", re.compile(r"Initializing a V1 LLM engine|Initializing an LLM engine")),
+# move forward (Stage.rank), so a late log line cannot make the display go backwards.
+LOAD_STAGES: tuple[tuple[Stage, re.Pattern[str]], ...] = (
+    (Stage.READY, re.compile(r"Application startup complete")),
+    (Stage.SERVING, re.compile(r"Starting vLLM (API )?server on|Uvicorn running on")),
+    (Stage.GRAPH_CAPTURE, re.compile(r"Capturing CUDA graphs?|Graph capturing finished")),
+    (Stage.COMPILING, re.compile(r"torch\.compile takes|Compiling a graph|Dynamo bytecode transform")),
+    (Stage.KV_CACHE, re.compile(r"KV cache size|Available KV cache memory|# (GPU|CPU) blocks|GiB for KV cache")),
+    (Stage.WEIGHTS_LOADED, re.compile(r"Model loading took|Loading weights took")),
+    (Stage.LOADING_WEIGHTS, re.compile(r"Starting to load model|Loading (safetensors|pt|gguf)|checkpoint shards")),
+    (Stage.DOWNLOADING, re.compile(r"Downloading|Fetching \d+ files")),
+    (Stage.ENGINE_STARTING, re.compile(r"Initializing a V1 LLM engine|Initializing an LLM engine")),
 )
-STAGE_ORDER = {stage: rank for rank, (stage, _) in enumerate(reversed(LOAD_STAGES))}
 
 
-def classify_line(line: str) -> str | None:
+def classify_line(line: str) -> Stage | None:
     """The load stage a log line announces, if any."""
     for stage, pattern in LOAD_STAGES:
         if pattern.search(line):
             return stage
     return None
-
-
-class LogFollower:
-    """Reads a growing log file incrementally and remembers its tail.
-
-    Progress bars rewrite one line with carriage returns; each rewrite still grows the
-    file, which is what counts as progress.
-    """
-
-    def __init__(self, path: Path, *, tail_lines: int = 40) -> None:
-        self.path = path
-        self._handle: BinaryIO | None = None
-        self._partial = b""
-        self._tail: deque[str] = deque(maxlen=tail_lines)
-        self.last_growth = time.monotonic()
-
-    def read(self) -> list[str]:
-        """The complete lines written since the previous read."""
-        if self._handle is None:
-            try:
-                self._handle = open(self.path, "rb")  # noqa: SIM115 - kept open while following
-            except FileNotFoundError:
-                return []
-        chunk = self._handle.read()
-        if not chunk:
-            return []
-        self.last_growth = time.monotonic()
-        pieces = re.split(rb"\r\n|\n|\r", self._partial + chunk)
-        self._partial = pieces.pop()
-        lines = [p.decode("utf-8", "replace") for p in pieces if p.strip()]
-        self._tail.extend(lines)
-        return lines
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def silent_for(self) -> float:
-        return time.monotonic() - self.last_growth
-
-    def tail(self, count: int = 20) -> list[str]:
-        lines = list(self._tail)
-        if self._partial.strip():
-            lines.append(self._partial.decode("utf-8", "replace"))
-        return lines[-count:]
-
-
-def read_log_tail(path: Path, count: int = 20) -> list[str]:
-    """The last `count` lines of a log file (reading only the end of it)."""
-    max_bytes = max(64 * 1024, count * 400)
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except FileNotFoundError:
-        return []
-    lines = [p.decode("utf-8", "replace") for p in re.split(rb"\r\n|\n|\r", data) if p.strip()]
-    return lines[-count:]
 
 
 # vLLM's own metrics that say whether the engine has work, and counters that move whenever

@@ -21,9 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..catalog.entries import gateway_base_url
-from ..config.loading import Config, ConfigError, load_config
+from ..config.loading import load_config
 from ..config.paths import control_socket
+from ..config.problems import ConfigError
+from ..config.schema import Config
+from ..config.urls import gateway_base_url
 from ..control.server import ControlApi
 from ..runtime.pool import ConfigRejected, Pool
 from ..runtime.process import become_subreaper
@@ -66,9 +68,8 @@ class Daemon:
         self.hub.install(on_reload=lambda: self._spawn(self.reload()))
         self.pool = Pool(config)
         self.metrics = Metrics(self.pool.status)
-        self.pool.listeners.append(self.metrics.observe)
-        self.pool.stop_listeners.append(lambda r: self.metrics.observe_stop(
-            r.alias, r.took_s, r.vram.freed_bytes if r.vram else None) if r.was_running else None)
+        self.pool.subscribe(self.metrics.observe)
+        self.pool.on_stop(self.metrics.observe_stop)
         try:
             # Sockets first: a taken gateway port fails the start before anything left by a
             # previous daemon is adopted or stopped.

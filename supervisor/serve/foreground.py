@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..catalog.entries import openai_entry_text
-from ..config.loading import Config
-from ..runtime.instance import Event, Instance, StartFailed, State
+from ..config.schema import Config
+from ..runtime.instance import Instance, StartFailed
 from ..runtime.pool import Pool
 from ..runtime.process import become_subreaper
 from ..runtime.statefile import StateDirLock
+from ..runtime.states import Event, State
 from .signals import SignalHub
 
 Say = Callable[[str], None]

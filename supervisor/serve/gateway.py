@@ -32,9 +32,10 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..config.loading import Config
-from ..runtime.instance import Instance, StartFailed, State
-from ..runtime.pool import CapacityError, Pool
+from ..config.schema import Config
+from ..runtime.instance import Instance, StartFailed
+from ..runtime.placement import CapacityError
+from ..runtime.pool import PlacementFailed, Pool
 from .metrics import Metrics
 
 log = logging.getLogger("bawt_vllm.gateway")
@@ -166,10 +167,9 @@ class Gateway:
 
     def _model_card(self, alias: str) -> dict[str, Any]:
         entry = self.config.models[alias]
-        instance = self.pool.get(alias)
         return {
             "id": alias, "object": "model", "created": 0, "owned_by": "bawt-vllm",
-            "state": instance.state.value if instance else State.STOPPED.value,
+            "state": self.pool.state_of(alias).value,
             "context_window": entry.context_window or entry.max_model_len, "max_tokens": entry.max_tokens,
             "tool_support": entry.effective_tool_format, "description": entry.description,
         }
@@ -205,8 +205,7 @@ class Gateway:
             return self._unknown_model(model)
         self.metrics.requests.labels(alias, path.removeprefix("/v1/")).inc()
         body = self._with_served_name(alias, model, payload, body)
-        async with self.pool.in_use(alias):
-            return await self._route(request, alias, path, body, streaming=bool(payload and payload.get("stream")))
+        return await self._route(request, alias, path, body, streaming=bool(payload and payload.get("stream")))
 
     def _with_served_name(self, alias: str, model: str, payload: dict[str, Any] | None, body: bytes) -> bytes:
         served = self.config.models[alias].served_name
@@ -216,50 +215,33 @@ class Gateway:
 
     async def _route(self, request: web.Request, alias: str, path: str, body: bytes, *,
                      streaming: bool) -> web.StreamResponse:
+        """Forward to alias's ready instance, loaded on demand; a load that fails is an OpenAI error."""
         started = time.perf_counter()
-        current = self.pool.get(alias)
-        loading = current is None or current.state is not State.READY
         # A streaming client gets its SSE headers now and comments while the model loads.
-        early: Early = await _start_sse(request) if streaming and loading else None
-        ready = await self._ready(alias, early)
-        if isinstance(ready, web.StreamResponse):
-            return ready
-        try:
-            return await self._forward(request, ready, path, body, early, started)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            message = f"{alias}: upstream vllm serve failed: {error.__class__.__name__}: {error}"
-            return await self._fail(alias, early, 502, message, "upstream_error")
+        early: Early = await _start_sse(request) if streaming and not self.pool.is_ready(alias) else None
 
-    async def _ready(self, alias: str, early: Early) -> Instance | web.StreamResponse:
-        """The ready instance of alias (started, or its start joined); the error response if it cannot be."""
+        async def loading(progress: str) -> None:
+            if early is not None:
+                await early.write(f": loading {alias} ({progress})\n\n".encode())
+
         try:
-            return await self._up(alias, early)
+            async with self.pool.serving(alias, on_wait=loading, wait_tick_s=KEEPALIVE_INTERVAL_S) as instance:
+                return await self._forward_or_502(request, instance, path, body, early, started)
         except CapacityError as busy:
             return await self._fail(alias, early, 503, str(busy), "no_capacity", {"Retry-After": str(RETRY_AFTER_S)})
         except StartFailed as failure:
             tail = "\nlast log lines:\n" + "\n".join(failure.log_tail) if failure.log_tail else ""
             return await self._fail(alias, early, 502, failure.reason + tail, "model_load_failed")
-        except Exception as error:  # no port free, a GGUF download that failed, ...: still an OpenAI error
-            return await self._fail(alias, early, 502, f"{alias}: {error}", "model_load_failed")
+        except PlacementFailed as error:  # no port free, a GGUF download that failed, ...
+            return await self._fail(alias, early, 502, str(error), "model_load_failed")
 
-    async def _up(self, alias: str, early: Early) -> Instance:
-        """pool.up(alias); with SSE begun, a comment every KEEPALIVE_INTERVAL_S until it returns."""
-        if early is None:
-            return await self.pool.up(alias)
-        loading = asyncio.ensure_future(self.pool.up(alias))
+    async def _forward_or_502(self, request: web.Request, instance: Instance, path: str, body: bytes,
+                              early: Early, started: float) -> web.StreamResponse:
         try:
-            while not loading.done():
-                await asyncio.wait({loading}, timeout=KEEPALIVE_INTERVAL_S)
-                if not loading.done():
-                    await early.write(f": loading {alias} ({self._stage(alias)})\n\n".encode())
-            return loading.result()
-        finally:
-            if not loading.done():
-                loading.cancel()
-
-    def _stage(self, alias: str) -> str:
-        instance = self.pool.get(alias)
-        return (instance.stage or instance.state.value) if instance else "placing"
+            return await self._forward(request, instance, path, body, early, started)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            message = f"{instance.alias}: upstream vllm serve failed: {error.__class__.__name__}: {error}"
+            return await self._fail(instance.alias, early, 502, message, "upstream_error")
 
     async def _fail(self, alias: str, early: Early, status: int, message: str, code: str,
                     headers: dict[str, str] | None = None) -> web.StreamResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,9 +9,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..runtime.instance import Event, Instance, State
+from ..runtime.instance import Instance
+from ..runtime.states import Event, EventKind, State
+from ..runtime.stops import StopResult
 
-_RESTART = re.compile(r"; restart \d+/\d+ in ")
 _LOAD_BUCKETS = (1, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
 _STOP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -56,18 +56,21 @@ class Metrics:
     def observe(self, instance: Instance, event: Event) -> None:
         """An instance listener: turns lifecycle events into counters."""
         alias = instance.alias
-        if event.stage == "launched":
+        if event.kind is EventKind.LAUNCHED:
             self.starts.labels(alias).inc()
             self._launched_at[alias] = event.at
-        elif event.state is State.STARTING and _RESTART.search(event.message):
+        elif event.kind is EventKind.RESTARTING:
             self.restarts.labels(alias).inc()
-        elif event.state is State.READY and event.stage is None and alias in self._launched_at:
+        elif event.kind is EventKind.READY and alias in self._launched_at:
             self.load_seconds.labels(alias).observe(event.at - self._launched_at.pop(alias))
 
-    def observe_stop(self, alias: str, took_s: float, freed_bytes: int | None) -> None:
-        self.stop_seconds.labels(alias).observe(took_s)
-        if freed_bytes:
-            self.vram_freed.labels(alias).inc(freed_bytes)
+    def observe_stop(self, result: StopResult) -> None:
+        """A pool stop listener: how long stops take, and the VRAM they proved freed."""
+        if not result.was_running:
+            return
+        self.stop_seconds.labels(result.alias).observe(result.took_s)
+        if result.vram is not None and result.vram.freed_bytes:
+            self.vram_freed.labels(result.alias).inc(result.vram.freed_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
