@@ -7,7 +7,7 @@ replacement). The repository's files (tracked, and untracked ones git does not i
 copied to a temporary directory, the edit is made there, and the fast suite (`-m "not
 real_vllm"`, `-x`) runs there with `bawt_vllm.supervisor` and `bawt_vllm.clients` imported from
 the mutated copy (checked before each run). The tests expected to kill a mutant run first; if
-they all pass, the whole of their files and tests/test_promises.py run before it is called
+they all pass, the whole of their files and tests/scenarios/test_promises.py run before it is called
 SURVIVED. A snippet that is not found exactly once is refused: the table must follow the code.
 The unmutated copy runs every expected killer first, so a failure means the mutant, not the suite.
 After each run, processes carrying this run's random environment mark (everything its tests
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMISES = "tests/test_promises.py"
+PROMISES = "tests/scenarios/test_promises.py"
 P = f"{PROMISES}::"
-FAULTS = "tests/test_faults_runtime.py::"
-SUPERVISION = "tests/test_supervision.py::"
-GPUS = "tests/test_gpus.py::"
+FAULTS = "tests/runtime/test_faults_runtime.py::"
+SUPERVISION = "tests/runtime/test_supervision.py::"
+GPUS = "tests/runtime/test_gpus.py::"
 FIRST_RUN_TIMEOUT_S = 120
 FULL_RUN_TIMEOUT_S = 600
 RUN_MARK_ENV = "BAWT_MUTANTS_RUN"

@@ -13,7 +13,7 @@ from bawt_vllm.supervisor.config.problems import ConfigError, ConfigProblem, Unk
 from bawt_vllm.supervisor.config.schema import Settings
 from bawt_vllm.supervisor.config.toolformat import get_tool_format
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "models.yaml.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "models.yaml.example"
 GOOD_ENTRY = "type: vllm\nmodel_id: org/model\ntool_support: none"
 ONE_MODEL = "models:\n  tiny:\n" + textwrap.indent(GOOD_ENTRY, "    ") + "\n"
 """A models section with one good entry, for tests about other parts (a file needs one model)."""
@@ -469,3 +469,28 @@ def test_settings_are_usable_without_a_file() -> None:
 )
 def test_tool_format_precedence(definition: dict[str, Any], expected: str) -> None:
     assert get_tool_format(definition) == expected
+
+
+def test_one_resolver_names_a_model_by_alias_served_name_or_unique_source(tmp_path: Path) -> None:
+    """The gateway, the control socket and VLLMClient resolve names here: llm-bawt sends model_id."""
+    config = load_config(models_file(tmp_path, """
+        models:
+          chat:
+            type: vllm
+            model_id: org/chat
+            tool_support: none
+            served_model_name: chat-served
+          chat-long:
+            type: vllm
+            model_id: org/shared
+            tool_support: none
+          chat-short:
+            type: vllm
+            model_id: org/shared
+            tool_support: none
+        """))
+    assert config.resolve("chat") == "chat"
+    assert config.resolve("chat-served") == "chat"
+    assert config.resolve("org/chat") == "chat"
+    assert config.resolve("org/shared") is None, "a model_id two entries share names neither"
+    assert config.resolve("org/unknown") is None

@@ -22,7 +22,7 @@ from bawt_vllm.supervisor.serve.systemd import (
     render_unit,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO_ROOT / "systemd"
 # The console script of the environment running the tests: a real executable for ExecStart=.
 VENV_EXECUTABLE = Path(sys.executable).parent / "bawt-vllm"

@@ -16,7 +16,6 @@ from bawt_vllm.supervisor.config.paths import quick_state_dir
 from bawt_vllm.supervisor.config.problems import ConfigError, ConfigProblem
 from bawt_vllm.supervisor.config.schema import ENTRY_KEYS, MAX_SECONDS, MAX_STOP_GRACE_S, SETTINGS_KEYS
 from bawt_vllm.supervisor.config.text import MAX_CONFIG_BYTES
-from bawt_vllm.supervisor.runtime.logfiles import find_log
 
 GOOD_ENTRY = "type: vllm\nmodel_id: org/model\ntool_support: none"
 ONE_MODEL = "models:\n  tiny:\n" + textwrap.indent(GOOD_ENTRY, "    ") + "\n"
@@ -103,14 +102,6 @@ def test_an_alias_yaml_reads_as_a_number_must_be_quoted(tmp_path: Path, key: str
     problem = only_refusal(write(tmp_path, f"models:\n  {key}:\n{textwrap.indent(GOOD_ENTRY, '    ')}\n"))
     assert (problem.alias, problem.key) == (alias, None)
     assert "the alias must be text" in problem.message and "quote it" in problem.message
-
-
-def test_find_log_never_leaves_the_log_directory(tmp_path: Path) -> None:
-    logs = tmp_path / "state" / "logs"
-    logs.mkdir(parents=True)
-    (tmp_path / "state" / "secret.1.log").write_text("not a model's log")
-    assert find_log(logs, "../secret", 1) is None
-    assert find_log(logs, "../secret") is None
 
 
 # --------------------------------------------------------------------------- durations

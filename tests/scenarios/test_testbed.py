@@ -246,7 +246,7 @@ def test_model_build_is_deterministic(testbed, tmp_path: Path) -> None:
     """Building again gives the same bytes as the cached build (same manifest)."""
     out = tmp_path / "tiny-llama"
     env = {**os.environ, **testbed.env, "PYTHONHASHSEED": "0", "TOKENIZERS_PARALLELISM": "false"}
-    script = Path(__file__).resolve().parent.parent / "scripts" / "build_tiny_model.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_tiny_model.py"
     subprocess.run([testbed.python, str(script), str(out)], check=True, env=env, capture_output=True, timeout=300)
     rebuilt = json.loads((out / "bawt_testbed_manifest.json").read_text())
     cached = json.loads((Path(testbed.model_dir) / "bawt_testbed_manifest.json").read_text())
