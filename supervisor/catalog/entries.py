@@ -23,13 +23,11 @@ would then see its own entries as foreign conflicts; a key survives.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.paths import LLM_BAWT_CONFIG_ENV_VAR
 from ..config.schema import Config, ModelEntry
 from ..config.toolformat import EXPLICIT_TOOL_SUPPORT, PROVIDER_OPENAI, runs_on_vllm
 from ..config.urls import gateway_base_url
@@ -81,24 +79,6 @@ def openai_entries(config: Config, *, suffix: str = "") -> dict[str, dict[str, A
     """alias + suffix -> llm-bawt entry, for every model bawt-vllm supervises."""
     base_url = gateway_base_url(config.settings)
     return {f"{alias}{suffix}": openai_entry(entry, base_url) for alias, entry in config.models.items()}
-
-
-def llm_bawt_models_path(environ: Mapping[str, str] | None = None) -> Path:
-    """llm-bawt's models.yaml, found the way llm-bawt finds it."""
-    env = os.environ if environ is None else environ
-    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    if env.get(LLM_BAWT_CONFIG_ENV_VAR):
-        return _expand_home(env[LLM_BAWT_CONFIG_ENV_VAR], home)
-    if env.get("XDG_CONFIG_HOME"):
-        return _expand_home(env["XDG_CONFIG_HOME"], home) / "llm-bawt" / "models.yaml"
-    return home / ".config" / "llm-bawt" / "models.yaml"
-
-
-def _expand_home(value: str, home: Path) -> Path:
-    """`~` against the given environment's HOME (Path.expanduser reads the process's)."""
-    if value == "~" or value.startswith("~/"):
-        return home / value[2:]
-    return Path(value).expanduser()
 
 
 def is_managed(definition: Any) -> bool:

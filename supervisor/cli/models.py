@@ -28,8 +28,9 @@ def entries(
     = None,
 ) -> None:
     """Print (or --write) the llm-bawt `type: openai` entry for each supervised model."""
-    from ..catalog.entries import apply_merge, llm_bawt_models_path, openai_entries, plan_merge
+    from ..catalog.entries import apply_merge, openai_entries, plan_merge
     from ..catalog.yamlfile import YamlFileError
+    from ..config.paths import llm_bawt_models_path
 
     loaded = load_or_fail(config)
     if not write:
@@ -138,18 +139,13 @@ def _pick_gguf(files: list[str], proposed: str | None, yes: bool) -> str:
 
 def _target_config(config: Path | None) -> Path:
     """The models.yaml to add to: the one in use, else ~/.config/bawt-vllm/models.yaml (created)."""
-    from ..config.paths import find_config_path
+    from ..config.paths import find_config_path, own_models_path
     from ..config.problems import ConfigError
 
     try:
         return find_config_path(config)
     except ConfigError:
-        if config is not None:
-            return config.expanduser()
-        import os
-
-        home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        return home / "bawt-vllm" / "models.yaml"
+        return config.expanduser() if config is not None else own_models_path()
 
 
 def _aliases_in(path: Path) -> set[str]:

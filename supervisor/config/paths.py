@@ -34,9 +34,34 @@ def expand_home(path: Path) -> Path:
         return path
 
 
+def _expand(value: str, environ: Mapping[str, str]) -> Path:
+    """A path from the environment, `~` taken as that environment's HOME (not necessarily this process's)."""
+    if value == "~" or value.startswith("~/"):
+        return _home(environ) / value[2:]
+    return expand_home(Path(value))
+
+
 def _xdg_dir(environ: Mapping[str, str], variable: str, fallback: str) -> Path:
     value = environ.get(variable)
-    return expand_home(Path(value)) if value else _home(environ) / fallback
+    return _expand(value, environ) if value else _home(environ) / fallback
+
+
+def config_home(environ: Mapping[str, str] | None = None) -> Path:
+    """$XDG_CONFIG_HOME, else ~/.config: where bawt-vllm, llm-bawt and user units keep their files."""
+    return _xdg_dir(os.environ if environ is None else environ, "XDG_CONFIG_HOME", ".config")
+
+
+def own_models_path(environ: Mapping[str, str] | None = None) -> Path:
+    """bawt-vllm's own default models.yaml (where `add` creates one when none is found)."""
+    return config_home(environ) / "bawt-vllm" / "models.yaml"
+
+
+def llm_bawt_models_path(environ: Mapping[str, str] | None = None) -> Path:
+    """llm-bawt's models.yaml, found the way llm-bawt finds it."""
+    env = os.environ if environ is None else environ
+    if env.get(LLM_BAWT_CONFIG_ENV_VAR):
+        return _expand(env[LLM_BAWT_CONFIG_ENV_VAR], env)
+    return config_home(env) / "llm-bawt" / "models.yaml"
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -58,13 +83,11 @@ def _config_candidates(explicit: Path | None, environ: Mapping[str, str]) -> lis
     candidates = []
     if environ.get(CONFIG_ENV_VAR):
         candidates.append(_Candidate(Path(environ[CONFIG_ENV_VAR]).expanduser(), f"${CONFIG_ENV_VAR}", True))
-    config_home = _xdg_dir(environ, "XDG_CONFIG_HOME", ".config")
-    candidates.append(_Candidate(config_home / "bawt-vllm" / "models.yaml", "bawt-vllm default", False))
+    candidates.append(_Candidate(own_models_path(environ), "bawt-vllm default", False))
     if environ.get(LLM_BAWT_CONFIG_ENV_VAR):
-        llm_bawt_path = Path(environ[LLM_BAWT_CONFIG_ENV_VAR]).expanduser()
-        candidates.append(_Candidate(llm_bawt_path, f"${LLM_BAWT_CONFIG_ENV_VAR}", True))
+        candidates.append(_Candidate(llm_bawt_models_path(environ), f"${LLM_BAWT_CONFIG_ENV_VAR}", True))
     else:
-        candidates.append(_Candidate(config_home / "llm-bawt" / "models.yaml", "llm-bawt default", False))
+        candidates.append(_Candidate(llm_bawt_models_path(environ), "llm-bawt default", False))
     return candidates
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.atomic import write_atomically
+from ..config.paths import config_home
 
 __all__ = [
     "DEFAULT_EXECUTABLE",
@@ -314,18 +315,13 @@ def default_executable() -> str:
     raise FileNotFoundError(f"cannot find the {SERVICE_NAME} executable; pass it explicitly")
 
 
-def _config_home() -> Path:
-    value = os.environ.get("XDG_CONFIG_HOME")
-    return Path(value).expanduser() if value else Path.home() / ".config"
-
-
 def default_unit_dir(*, user: bool) -> Path:
     """/etc/systemd/system, or $XDG_CONFIG_HOME/systemd/user (~/.config/systemd/user)."""
-    return _config_home() / "systemd" / "user" if user else SYSTEM_UNIT_DIR
+    return config_home() / "systemd" / "user" if user else SYSTEM_UNIT_DIR
 
 
 def _default_env_dir(*, user: bool) -> Path:
-    return _config_home() / SERVICE_NAME if user else SYSTEM_ENV_DIR
+    return config_home() / SERVICE_NAME if user else SYSTEM_ENV_DIR
 
 
 def _unit_env_file(user: bool, env_path: Path) -> Path | None:

@@ -16,12 +16,12 @@ from bawt_vllm.supervisor.catalog.entries import (
     MANAGED_KEY,
     MANAGED_VALUE,
     apply_merge,
-    llm_bawt_models_path,
     openai_entries,
     plan_merge,
 )
 from bawt_vllm.supervisor.catalog.yamlfile import ConfigWriteError
 from bawt_vllm.supervisor.config.loading import load_config
+from bawt_vllm.supervisor.config.paths import llm_bawt_models_path
 from bawt_vllm.supervisor.config.schema import Config, Settings
 
 SUPERVISED = """\
