@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,7 @@ from .common import ConfigOption, JsonOption, daemon_client, fail, fast_client, 
 
 if TYPE_CHECKING:
     from ..config.schema import Config, ModelEntry
+    from ..control.protocol import StopProof
 
 
 def up(
@@ -106,7 +107,7 @@ def down(
     _print_stops(results)
 
 
-def _print_stops(results: list[dict[str, Any]]) -> None:
+def _print_stops(results: list[StopProof]) -> None:
     """Each stop's proof; exit 1 if one of them did not end clean."""
     if not any(r["was_running"] for r in results):
         typer.echo("nothing was running")

@@ -18,11 +18,27 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlencode
 
 from . import protocol
-from .protocol import DOWN, EVENTS, GPUS, LOGS, RELOAD, STATUS, UP, ErrorCode, error_code
+from .protocol import (
+    DOWN,
+    EVENTS,
+    GPUS,
+    LOGS,
+    RELOAD,
+    STATUS,
+    UP,
+    DownDone,
+    DownRequest,
+    ErrorCode,
+    LogsRequest,
+    StopProof,
+    UpDone,
+    UpRequest,
+    error_code,
+)
 
 DAEMON_START_TIMEOUT_S = 30.0
 # The daemon sends a line at least every protocol.HEARTBEAT_S (5 s) while it loads or stops a
@@ -190,33 +206,33 @@ class DaemonClient:
 
     def up(self, model: str, on_event: Callable[[dict[str, Any]], None] | None = None,
            on_waiting: Callable[[dict[str, Any]], None] | None = None, *,
-           reload_if_unknown: Callable[[list[str]], None] | None = None) -> dict[str, Any]:
+           reload_if_unknown: Callable[[list[str]], None] | None = None) -> UpDone:
         """Load model; on_event sees each load event, on_waiting each heartbeat (state, stage,
         elapsed_s) while nothing else happens; returns the final result line.
 
         With reload_if_unknown, a daemon that does not know model (it read an older models.yaml)
         reloads its config once, the callback hears what changed, and the load is asked again.
         """
+        request = UpRequest(model=model)
         try:
-            return self._stream(UP, {"model": model}, on_event, on_waiting, "load")
+            return cast(UpDone, self._stream(UP, dict(request), on_event, on_waiting, "load"))
         except DaemonError as error:
             if error.code is not ErrorCode.UNKNOWN_MODEL or reload_if_unknown is None:
                 raise
         reload_if_unknown(self.reload())
-        return self._stream(UP, {"model": model}, on_event, on_waiting, "load")
+        return cast(UpDone, self._stream(UP, dict(request), on_event, on_waiting, "load"))
 
     def down(self, model: str | None = None, *, all_models: bool = False,
              on_event: Callable[[dict[str, Any]], None] | None = None,
-             on_waiting: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+             on_waiting: Callable[[dict[str, Any]], None] | None = None) -> list[StopProof]:
         """Stop model (or every model); returns each stop's proof once the processes are gone."""
-        body: dict[str, Any] = {"all": True} if all_models else {"model": model}
-        return self._stream(DOWN, body, on_event, on_waiting, "stop")["results"]
+        request = DownRequest(all=True) if all_models else DownRequest(model=model or "")
+        done = cast(DownDone, self._stream(DOWN, dict(request), on_event, on_waiting, "stop"))
+        return done["results"]
 
     def logs(self, model: str, *, start: int | None = None, lines: int = 200, follow: bool = False) -> Iterator[str]:
-        query: dict[str, Any] = {"model": model, "lines": lines, "follow": int(follow)}
-        if start is not None:
-            query["start"] = start
-        response = self._request("GET", f"{LOGS}?{urlencode(query)}", timeout=NO_TIMEOUT if follow else CLIENT_DEFAULT)
+        query = LogsRequest(model, lines=lines, start=start, follow=follow).query()
+        response = self._request("GET", f"{LOGS}?{query}", timeout=NO_TIMEOUT if follow else CLIENT_DEFAULT)
         try:
             while chunk := response.read1(65536):
                 yield chunk.decode("utf-8", "replace")

@@ -25,8 +25,12 @@ Standard library only: the CLI imports this on every call.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
+from urllib.parse import urlencode
 
 HEARTBEAT_S = 5.0
 """While /up or /down waits with nothing to report, a `waiting` line this often."""
@@ -52,13 +56,136 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"  # anything else; the daemon's log has the details
 
 
+class BadRequest(ValueError):
+    """A request that is not what its route takes; the message says which key and what it must be."""
+
+
+# -- requests ---------------------------------------------------------------------------------
+class UpRequest(TypedDict):
+    model: str
+
+
+class DownRequest(TypedDict, total=False):
+    model: str  # one model ...
+    all: bool  # ... or every model
+
+
+@dataclass(frozen=True)
+class LogsRequest:
+    model: str | None
+    lines: int = 200
+    start: int | None = None  # which start of the model (1 = first); None: the latest
+    follow: bool = False
+
+    def query(self) -> str:
+        values: dict[str, Any] = {"model": self.model, "lines": self.lines, "follow": int(self.follow)}
+        if self.start is not None:
+            values["start"] = self.start
+        return urlencode(values)
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> LogsRequest:
+        lines = _int_value(query, "lines", minimum=0)
+        return cls(model=query.get("model"), lines=200 if lines is None else lines,
+                   start=_int_value(query, "start", minimum=1), follow=query.get("follow") in ("1", "true"))
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def json_type(value: object) -> str:
+    """How a JSON value is called in an error message ("an array", "a string", ...)."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object ({} when empty)."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise BadRequest(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {json_type(body)}")
+    return body
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    value = body.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BadRequest(f"'{key}' must be {what}, not {json_type(value)}")
+    return value
+
+
+def _int_value(query: Mapping[str, str], key: str, minimum: int) -> int | None:
+    raw = query.get(key)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{key}' must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise BadRequest(f"'{key}' must be at least {minimum}, not {value}")
+    return value
+
+
+def model_of(body: Mapping[str, Any]) -> str | None:
+    """The `model` of an /up or /down body (None when absent)."""
+    model: str | None = _field(body, "model", str, "a string (an alias)")
+    return model
+
+
+def wants_all(body: DownRequest | Mapping[str, Any]) -> bool:
+    """Whether a /down body asks for every model."""
+    return bool(_field(body, "all", bool, "true or false"))
+
+
+# -- results ----------------------------------------------------------------------------------
+class StopProof(TypedDict):
+    """One stop's proof (runtime's StopResult.as_dict)."""
+
+    alias: str
+    took_s: float
+    was_running: bool
+    sigkilled: list[int]
+    survivors: list[int]
+    processes_checked: int
+    clean: bool
+    proof: str
+    summary: str
+    vram_freed_bytes: int | None
+    vram_proven: bool | None
+
+
+class UpDone(TypedDict):
+    done: bool
+    ok: bool
+    model: dict[str, Any]  # the instance's status row
+    gateway: str  # the gateway's OpenAI base URL
+    llm_bawt_entry: str  # a models.yaml entry for llm-bawt, as YAML text
+
+
+class DownDone(TypedDict):
+    done: bool
+    ok: bool
+    results: list[StopProof]
+
+
 def error_body(message: str, code: ErrorCode) -> dict[str, str]:
     return {"error": message, "code": code.value}
 
 
-def done_ok(**result: Any) -> dict[str, Any]:
-    """The last line of a successful /up or /down."""
-    return {"done": True, "ok": True, **result}
+def up_done(model: dict[str, Any], gateway: str, llm_bawt_entry: str) -> UpDone:
+    """The last line of a successful /up."""
+    return {"done": True, "ok": True, "model": model, "gateway": gateway, "llm_bawt_entry": llm_bawt_entry}
+
+
+def down_done(results: list[StopProof]) -> DownDone:
+    """The last line of a successful /down."""
+    return {"done": True, "ok": True, "results": results}
 
 
 def done_error(message: str, code: ErrorCode) -> dict[str, Any]:

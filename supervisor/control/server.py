@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -36,12 +36,19 @@ from .protocol import (
     RELOAD,
     STATUS,
     UP,
+    BadRequest,
     ErrorCode,
+    LogsRequest,
+    StopProof,
     done_error,
-    done_ok,
+    down_done,
     error_body,
     event_line,
+    model_of,
+    parse_object,
+    up_done,
     waiting_line,
+    wants_all,
 )
 
 log = logging.getLogger("bawt_vllm.control")
@@ -50,19 +57,11 @@ T = TypeVar("T")
 FOLLOW_POLL_S = 0.1
 
 _BUSY = (State.STARTING.value, State.STOPPING.value, State.UNHEALTHY.value)
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
-
-
 def _error(status: type[web.HTTPError], message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> web.HTTPError:
     return status(text=json.dumps(error_body(message, code)), content_type="application/json")
 
 
 _ROUTING_ERRORS = {404: ErrorCode.NO_ROUTE, 405: ErrorCode.METHOD_NOT_ALLOWED, 408: ErrorCode.TIMEOUT}
-
-
-def _json_type(value: object) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 @web.middleware
@@ -88,35 +87,18 @@ async def _read_object(request: web.Request) -> dict[str, Any]:
     except TimeoutError:
         raise _error(web.HTTPRequestTimeout,
                      f"the request body did not arrive within {BODY_READ_TIMEOUT_S:g}s", ErrorCode.TIMEOUT) from None
-    if not raw.strip():
-        return {}
     try:
-        body = json.loads(raw)
-    except ValueError as error:
-        raise _error(web.HTTPBadRequest, f"the request body is not valid JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise _error(web.HTTPBadRequest, f"the request body must be a JSON object, not {_json_type(body)}")
-    return body
+        return parse_object(raw)
+    except BadRequest as error:
+        raise _error(web.HTTPBadRequest, str(error)) from None
 
 
-def _field(body: dict[str, Any], key: str, kind: type, what: str) -> Any:
-    value = body.get(key)
-    if value is not None and not isinstance(value, kind):
-        raise _error(web.HTTPBadRequest, f"'{key}' must be {what}, not {_json_type(value)}")
-    return value
-
-
-def _int_query(request: web.Request, key: str, minimum: int) -> int | None:
-    raw = request.query.get(key)
-    if raw is None:
-        return None
+def _checked(parse: Callable[[Any], T], raw: Any) -> T:
+    """parse(raw), its BadRequest answered 400 with the message."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise _error(web.HTTPBadRequest, f"'{key}' must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise _error(web.HTTPBadRequest, f"'{key}' must be at least {minimum}, not {value}")
-    return value
+        return parse(raw)
+    except BadRequest as error:
+        raise _error(web.HTTPBadRequest, str(error)) from None
 
 
 async def _ndjson(request: web.Request) -> web.StreamResponse:
@@ -170,7 +152,7 @@ class ControlApi:
 
     # -- long waits: load and stop ----------------------------------------------------------
     async def up(self, request: web.Request) -> web.StreamResponse:
-        alias = self._alias(_field(await _read_object(request), "model", str, "a string (an alias)"))
+        alias = self._alias(_checked(model_of, await _read_object(request)))
         response = await _ndjson(request)
         loading = self._detached(self.pool.up(alias))
         await self._stream_until(response, loading, [alias])
@@ -188,15 +170,15 @@ class ControlApi:
             return done_error(f"{error.__class__.__name__}: {error}", ErrorCode.INTERNAL)
         instance = loading.result()
         gateway_entry = openai_entry_text(alias, instance.entry, f"{self.gateway_url}/v1")
-        return done_ok(model=instance.info(), gateway=f"{self.gateway_url}/v1", llm_bawt_entry=gateway_entry)
+        return dict(up_done(instance.info(), f"{self.gateway_url}/v1", gateway_entry))
 
     async def down(self, request: web.Request) -> web.StreamResponse:
         body = await _read_object(request)
         aliases: list[str] | None = None  # every instance
-        if _field(body, "all", bool, "true or false"):
+        if _checked(wants_all, body):
             stopping = self._detached(self.pool.down_all())
         else:
-            aliases = [self._alias(_field(body, "model", str, "a string (an alias)"))]
+            aliases = [self._alias(_checked(model_of, body))]
             stopping = self._detached(self._down_one(aliases[0]))
         response = await _ndjson(request)
         await self._stream_until(response, stopping, aliases)
@@ -256,18 +238,17 @@ class ControlApi:
 
     # -- logs and the rest ---------------------------------------------------------------------
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        alias = self._alias(request.query.get("model"))
-        lines = _int_query(request, "lines", minimum=0)
-        count = 200 if lines is None else lines
-        path = self._log_path(alias, _int_query(request, "start", minimum=1))
+        asked = _checked(LogsRequest.from_query, request.query)
+        alias = self._alias(asked.model)
+        path = self._log_path(alias, asked.start)
         if path is None:
             raise _error(web.HTTPNotFound, f"{alias} has no log yet", ErrorCode.NO_LOG)
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "X-Log-Path": str(path)})
         await response.prepare(request)
-        tail = read_log_tail(path, count) if count else []
+        tail = read_log_tail(path, asked.lines) if asked.lines else []
         await response.write(("\n".join(tail) + ("\n" if tail else "")).encode())
-        if request.query.get("follow") in ("1", "true"):
+        if asked.follow:
             await self._follow(response, path)
         await response.write_eof()
         return response
@@ -313,7 +294,8 @@ def _down_result(stopping: asyncio.Future[list[StopResult]]) -> dict[str, Any]:
     error = stopping.exception()
     if error is not None:
         return done_error(f"{error.__class__.__name__}: {error}", ErrorCode.STOP_FAILED)
-    return done_ok(results=[result.as_dict() for result in stopping.result()])
+    proofs = [cast(StopProof, result.as_dict()) for result in stopping.result()]
+    return dict(down_done(proofs))
 
 
 async def _send_line(response: web.StreamResponse, payload: dict[str, Any]) -> None:

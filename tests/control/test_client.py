@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 from bawt_vllm.supervisor.control.client import DaemonClient, DaemonError
-from bawt_vllm.supervisor.control.protocol import DOWN, RELOAD, UP, ErrorCode, done_error, done_ok, error_body
+from bawt_vllm.supervisor.control.protocol import DOWN, RELOAD, UP, ErrorCode, done_error, error_body, up_done
 
 
 class StaleDaemon(BaseHTTPRequestHandler):
@@ -46,7 +46,7 @@ class StaleDaemon(BaseHTTPRequestHandler):
         elif self.path == UP and not type(self).reloaded:
             self._send(404, error_body(f"no entry called {request['model']!r} here", ErrorCode.UNKNOWN_MODEL))
         elif self.path == UP:
-            self._send(200, done_ok(model={"alias": request["model"]}), lines=True)
+            self._send(200, dict(up_done({"alias": request["model"]}, "http://127.0.0.1:1/v1", "")), lines=True)
         elif self.path == DOWN:
             self._send(200, done_error("the tree survived SIGKILL", ErrorCode.STOP_FAILED), lines=True)
 
