@@ -13,6 +13,7 @@ Needs torch, nvidia-ml-py, psutil, pyyaml, aiohttp, typer and pydantic importabl
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -148,8 +149,19 @@ def provenance() -> dict:
         binding = version("nvidia-ml-py")
     except PackageNotFoundError:
         binding = "not installed as nvidia-ml-py"
-    return {"commit": commit or "unknown (not a git checkout)", "driver": str(driver), "nvidia_ml_py": binding,
+    return {"commit": commit or "unknown (not a git checkout)", "source_sha256": source_fingerprint(),
+            "driver": str(driver), "nvidia_ml_py": binding,
             "vram_held_by": "the stand-in server (torch allocations), not a real vLLM engine"}
+
+
+def source_fingerprint() -> str:
+    """sha256 over supervisor/**/*.py (paths and contents): what ran, even where the copy's git
+    metadata is older than its files (a device machine gets the working tree, not the history).
+    `python3 scripts/gpu_vram_proof.py --fingerprint` prints it for a checkout to compare."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "supervisor").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def main() -> int:
@@ -168,4 +180,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--fingerprint"]:
+        print(source_fingerprint())
+        sys.exit(0)
     sys.exit(main())

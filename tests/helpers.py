@@ -280,7 +280,7 @@ def http(method: str, url: str, *, body: bytes | dict[str, Any] | None = None, t
         return status, head, text
 
 
-def stream_lines(url: str, payload: dict[str, Any], timeout: float = 30):
+def stream_lines(url: str, payload: dict[str, Any], timeout: float = 30, headers: dict[str, str] | None = None):
     """Yield the lines of a streaming POST as they arrive (an open http.client response)."""
     import http.client
     import json
@@ -288,7 +288,8 @@ def stream_lines(url: str, payload: dict[str, Any], timeout: float = 30):
 
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    connection.request("POST", parts.path, body=json.dumps(payload), headers={"Content-Type": "application/json"})
+    connection.request("POST", parts.path, body=json.dumps(payload),
+                       headers={"Content-Type": "application/json", **(headers or {})})
     response = connection.getresponse()
     try:
         while line := response.readline():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config.reserved import reserved_flag_problems
+from ..config.reserved import flag_name, reserved_flag_problems
 from ..config.toolformat import TOOL_FORMAT_NATIVE
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def build_serve_command(
     gpus: Sequence[int] | None,
     model_source: str | None = None,
     api_key: str | None = None,
+    quiet_endpoints: Sequence[str] = (),
 ) -> ServeCommand:
     """Build the `vllm serve` command for `entry` listening on `port`.
 
@@ -50,6 +51,7 @@ def build_serve_command(
     CUDA_VISIBLE_DEVICES as inherited. `model_source` overrides the model
     argument, e.g. with a downloaded .gguf path. `api_key` is passed in the
     environment, never in argv.
+    `quiet_endpoints`: paths left out of vLLM's access log (only for a vLLM that supports it).
     """
     problems = reserved_flag_problems(entry.extra_args)
     if problems:
@@ -68,9 +70,18 @@ def build_serve_command(
         *("--served-model-name", entry.served_name),
         *_engine_flags(entry),
         *_tool_flags(entry),
+        *_access_log_flags(entry, quiet_endpoints),
         *entry.extra_args,
     ]
     return ServeCommand(argv=argv, env=_child_env(entry, gpus, api_key))
+
+
+def _access_log_flags(entry: ModelEntry, quiet_endpoints: Sequence[str]) -> list[str]:
+    """Keep the supervisor's own probes out of vLLM's access log, unless the entry says otherwise."""
+    own = {flag_name(arg) for arg in entry.extra_args}
+    if not quiet_endpoints or own & {"--disable-access-log-for-endpoints", "--disable-uvicorn-access-log"}:
+        return []
+    return ["--disable-access-log-for-endpoints", ",".join(quiet_endpoints)]
 
 
 def _model_argument(entry: ModelEntry, model_source: str | None) -> str:

@@ -29,6 +29,7 @@ from .process import KillReport, ProcessIdentity, ServeProcess
 from .readiness import HealthProbe, classify_line
 from .states import ENTERS, LIVE_STATES, STOP_KINDS, TRANSITIONS, Event, EventKind, IllegalTransition, Stage, State
 from .stops import StopResult
+from .vllmversion import PROBED_ENDPOINTS, filters_access_log
 from .vram import VramRelease, used_bytes, wait_vram_released
 
 # An instance that stayed ready this long has its restart count forgiven.
@@ -289,6 +290,8 @@ class Instance:
             self._enter(EventKind.READY, f"ready at {self.endpoint}")
             reason = await self._watch()
             self.ready_since = None
+            if self._state is State.READY:  # never shown ready while the dead tree is cleaned up
+                self._enter(EventKind.UNHEALTHY, reason)
             self.last_error = StartFailed(self.alias, reason, exit_code=self._exit_code(),
                                           log_tail=self.log_tail(), log_path=self.log_path)
             cleanup = await self._end_process()
@@ -319,8 +322,9 @@ class Instance:
 
     def serve_command(self) -> ServeCommand:
         gpus = list(self.placement.gpus) if self.placement.gpus else None
+        quiet = PROBED_ENDPOINTS if filters_access_log(self.settings.vllm_executable) else ()
         return build_serve_command(self.entry, self.settings, port=self.placement.port, gpus=gpus,
-                                   model_source=self.model_source, api_key=self.api_key)
+                                   model_source=self.model_source, api_key=self.api_key, quiet_endpoints=quiet)
 
     async def _launch(self) -> None:
         try:

@@ -305,8 +305,12 @@ class Pool:
             usage = self.usage.get(alias, Usage())
             row: dict[str, Any] = instance.info() if instance else {"alias": alias, "state": State.STOPPED.value}
             row["in_flight"] = usage.in_flight
-            row["idle_s"] = None if instance is None or instance.state not in LIVE_STATES else round(
-                time.monotonic() - usage.last_used, 1)
+            loaded = instance is not None and instance.state in (State.READY, State.UNHEALTHY)
+            idle = time.monotonic() - usage.last_used if loaded and not usage.in_flight else None
+            ttl = self._idle_ttl(alias)
+            row["idle_s"] = None if idle is None else round(idle, 1)  # a load or a request is not idle time
+            row["idle_ttl_s"] = ttl
+            row["unload_in_s"] = None if idle is None or not ttl else round(max(0.0, ttl - idle), 1)
             rows.append(row)
         return rows
 
@@ -322,10 +326,12 @@ class Pool:
                 await self.down(alias, reason="idle TTL", kind=EventKind.IDLE_UNLOADED)
 
     def expired_aliases(self) -> list[str]:
-        def ttl_of(alias: str) -> float | None:
-            return self._instances[alias].entry.idle_ttl_s or self.config.settings.idle_ttl_s
+        return idle_expired(self._occupants(), self._idle_ttl, time.monotonic())
 
-        return idle_expired(self._occupants(), ttl_of, time.monotonic())
+    def _idle_ttl(self, alias: str) -> float | None:
+        """alias's idle TTL: its entry's, else the global one (None: never unloaded for idleness)."""
+        entry = self.config.models.get(alias)
+        return (entry.idle_ttl_s if entry else None) or self.config.settings.idle_ttl_s
 
     async def close(self) -> list[StopResult]:
         """Stop everything; from the first line on, nothing new starts (loads waiting for

@@ -8,8 +8,9 @@ abort the generation.
 
 What the gateway itself refuses or fails at is answered in OpenAI's error shape
 (`{"error": {"message", "type", "param", "code"}}`): an unknown URL or a path that would
-leave /v1/ after resolving `..` (vLLM's own /metrics, /tokenize, /version stay out of
-reach), a body over MAX_BODY_BYTES, a body or request head not received within
+leave /v1/ after resolving `..` (a model's own /metrics and /version are reachable only
+as /upstream/{model}/metrics and /version, behind the gateway key), a body over
+MAX_BODY_BYTES, a body or request head not received within
 READ_DEADLINE_S, bad JSON, shutdown, and upstream failures.
 """
 
@@ -89,6 +90,7 @@ class Gateway:
                               handler_args={"keepalive_timeout": READ_DEADLINE_S})
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/upstream/{model}/{what:metrics|version}", self.upstream_info)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy)
@@ -165,6 +167,27 @@ class Gateway:
     async def metrics_endpoint(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
+    async def upstream_info(self, request: web.Request) -> web.StreamResponse:
+        """A loaded model's own /metrics or /version, fetched with its instance key (behind the
+        gateway's key when one is set); never loads a model."""
+        alias = self.config.resolve(request.match_info["model"])
+        if alias is None:
+            return self._unknown_model(request.match_info["model"])
+        instance = self.pool.get(alias)
+        if instance is None or not self.pool.is_ready(alias):
+            return openai_error(409, f"{alias} is {self.pool.state_of(alias).value}, not ready: its vllm serve has "
+                                "nothing to show (this route never loads a model)", type_="invalid_request_error",
+                                code="model_not_loaded")
+        url = URL(instance.endpoint.removesuffix("/v1") + "/" + request.match_info["what"])
+        headers = {"Authorization": f"Bearer {instance.api_key}"} if instance.api_key else {}
+        try:
+            async with await self._send("GET", url, b"", headers) as upstream:
+                payload = await upstream.read()
+                return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream))
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return openai_error(502, f"{alias}: upstream vllm serve failed: {error.__class__.__name__}: {error}",
+                                type_="server_error", code="upstream_error")
+
     def _model_card(self, alias: str) -> dict[str, Any]:
         entry = self.config.models[alias]
         return {
@@ -203,7 +226,7 @@ class Gateway:
         if alias is None:
             self.metrics.errors.labels("(unknown)", "404").inc()  # never a label per made-up name
             return self._unknown_model(model)
-        self.metrics.requests.labels(alias, path.removeprefix("/v1/")).inc()
+        self.metrics.request(alias, path)
         body = self._with_served_name(alias, model, payload, body)
         return await self._route(request, alias, path, body, streaming=bool(payload and payload.get("stream")))
 
@@ -264,20 +287,27 @@ class Gateway:
                 self.metrics.errors.labels(instance.alias, str(upstream.status)).inc()
                 return await _upstream_error(instance.alias, upstream, early)
             if early is not None:
-                return await self._relay(instance.alias, upstream, early)
+                return await self._relay(instance.alias, upstream, early, started)
             if not _is_stream(upstream):
                 payload = await upstream.read()
+                self.metrics.relayed(instance.alias, payload)
                 return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream))
             response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
             await response.prepare(request)
-            return await self._relay(instance.alias, upstream, response)
+            return await self._relay(instance.alias, upstream, response, started)
 
     async def _relay(self, alias: str, upstream: aiohttp.ClientResponse,
-                     response: web.StreamResponse) -> web.StreamResponse:
+                     response: web.StreamResponse, started: float) -> web.StreamResponse:
         """Copy a (streamed) upstream body into a started response; a broken upstream ends it
-        with an SSE error event, as nothing else can be said once the status line is out."""
+        with an SSE error event, as nothing else can be said once the status line is out.
+        The first chunk's arrival is the time to first token (from the request, loading included)."""
+        first = True
         try:
             async for chunk in upstream.content.iter_any():
+                if first:
+                    self.metrics.first_token.labels(alias).observe(time.perf_counter() - started)
+                    first = False
+                self.metrics.relayed(alias, chunk)
                 await response.write(chunk)
         except aiohttp.ClientError as error:
             self.metrics.errors.labels(alias, "502").inc()

@@ -1,11 +1,17 @@
-"""Prometheus metrics for the daemon (`GET /metrics` on the gateway port)."""
+"""Prometheus metrics for the daemon (`GET /metrics` on the gateway port).
+
+Every label has a bounded set of values: models come from the config, routes from ROUTES
+(anything else is "other"), states from the state machine, statuses from HTTP. Token counts
+and time to first token are read from the relayed bytes without decoding them.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -15,7 +21,19 @@ from ..runtime.stops import StopResult
 
 _LOAD_BUCKETS = (1, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600)
 _STOP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+ROUTES = frozenset({"chat/completions", "completions", "embeddings", "responses", "models", "tokenize",
+                    "detokenize", "score", "rerank", "pooling", "classify", "audio/transcriptions",
+                    "audio/translations"})
+"""The OpenAI (and vLLM) routes counted by name; any other path under /v1/ is counted as "other"."""
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+# "prompt_tokens": N and "completion_tokens": N of an OpenAI usage object, found in the raw bytes.
+_USAGE = re.compile(rb'"(prompt|completion)_tokens"\s*:\s*(\d+)')
+
+# The *_created series double every counter and histogram for nothing a scraper needs.
+disable_created_metrics()
 
 
 class _InstanceStates(Collector):
@@ -25,13 +43,18 @@ class _InstanceStates(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         gauge = GaugeMetricFamily("bawt_vllm_instances", "Configured models by state", labels=["state"])
         counts = {state.value: 0 for state in State}
+        per_model = GaugeMetricFamily("bawt_vllm_instance_state", "1 for the state each configured model is in",
+                                      labels=["model", "state"])
         in_flight = GaugeMetricFamily("bawt_vllm_requests_in_flight", "Requests in flight", labels=["model"])
         for row in self._rows():
             counts[row["state"]] = counts.get(row["state"], 0) + 1
+            for known in State:
+                per_model.add_metric([row["alias"], known.value], 1 if row["state"] == known.value else 0)
             in_flight.add_metric([row["alias"]], row.get("in_flight", 0))
-        for state, count in counts.items():
-            gauge.add_metric([state], count)
+        for name, count in counts.items():
+            gauge.add_metric([name], count)
         yield gauge
+        yield per_model
         yield in_flight
 
 
@@ -51,6 +74,16 @@ class Metrics:
         self.errors = Counter("bawt_vllm_errors", "Gateway error responses", ["model", "status"], registry=r)
         self.latency = Histogram("bawt_vllm_gateway_seconds", "Gateway request to response headers",
                                  ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram("bawt_vllm_time_to_first_token_seconds",
+                                     "Gateway request to the first streamed event (loading included)", ["model"],
+                                     buckets=_TTFT_BUCKETS, registry=r)
+        self.stream_events = Counter("bawt_vllm_stream_events", "Streamed events relayed (vLLM sends about one per "
+                                     "generated token)", ["model"], registry=r)
+        self.completion_tokens = Counter("bawt_vllm_completion_tokens", "Completion tokens, from the usage vLLM "
+                                         "reports (streams only with stream_options.include_usage)", ["model"],
+                                         registry=r)
+        self.prompt_tokens = Counter("bawt_vllm_prompt_tokens", "Prompt tokens, from the usage vLLM reports",
+                                     ["model"], registry=r)
         self._launched_at: dict[str, float] = {}
 
     def observe(self, instance: Instance, event: Event) -> None:
@@ -71,6 +104,21 @@ class Metrics:
         self.stop_seconds.labels(result.alias).observe(result.took_s)
         if result.vram is not None and result.vram.freed_bytes:
             self.vram_freed.labels(result.alias).inc(result.vram.freed_bytes)
+
+    def request(self, alias: str, path: str) -> None:
+        """Count a routed request; path is the upstream path (/v1/...)."""
+        route = path.removeprefix("/v1/")
+        self.requests.labels(alias, route if route in ROUTES else "other").inc()
+
+    def relayed(self, alias: str, chunk: bytes) -> None:
+        """Count what a relayed response chunk carries: stream events and reported usage."""
+        events = chunk.count(b"data: ") - chunk.count(b"data: [DONE]")
+        if events > 0:
+            self.stream_events.labels(alias).inc(events)
+        if b'"completion_tokens"' in chunk:
+            for kind, count in _USAGE.findall(chunk):
+                counter = self.completion_tokens if kind == b"completion" else self.prompt_tokens
+                counter.labels(alias).inc(int(count))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -176,3 +176,17 @@ def test_display_quotes_arguments_for_a_shell() -> None:
     command = build(make_entry(chat_template="{% for m in messages %}{{ m.content }}{% endfor %}"))
     assert "'{% for m in messages %}{{ m.content }}{% endfor %}'" in command.display()
     assert command.display().startswith("vllm serve org/model --host 127.0.0.1")
+
+
+def test_the_supervisors_probes_are_left_out_of_the_access_log_when_asked() -> None:
+    quiet = ("/health", "/metrics")
+    argv = build(make_entry(), quiet_endpoints=quiet).argv
+    assert argv[argv.index("--disable-access-log-for-endpoints") + 1] == "/health,/metrics"
+    assert "--disable-access-log-for-endpoints" not in build(make_entry()).argv
+
+
+@pytest.mark.parametrize("own", [["--disable-uvicorn-access-log"], ["--disable-access-log-for-endpoints=/ping"]])
+def test_an_entrys_own_access_log_flags_win(own: list[str]) -> None:
+    argv = build(make_entry(extra_args=own), quiet_endpoints=("/health",)).argv
+    assert argv.count("--disable-access-log-for-endpoints") == 0
+    assert own[0] in argv

@@ -136,6 +136,21 @@ def test_death_after_ready_restarts_with_backoff_then_fails(tmp_path):
     run(pool.close())
 
 
+def test_a_dead_server_is_never_shown_ready_while_its_tree_is_cleaned_up(tmp_path):
+    """The exit is a state change at once (unhealthy), before the kill of what is left and the restart."""
+    pool = make_pool(tmp_path, {"m": standin_entry("die_after_ready", env={"FAKE_VLLM_DIE_AFTER_S": "0.3"})},
+                     max_restarts=0)
+
+    instance = run(until_failed(pool, "m"))
+    after_ready = [e for e in instance.events if e.at >= next(x.at for x in instance.events
+                                                              if x.kind is EventKind.READY)]
+    kinds = [e.kind for e in after_ready]
+    assert kinds[:2] == [EventKind.READY, EventKind.UNHEALTHY], kinds
+    assert after_ready[1].message == "vllm serve exited with code 1 after being ready"
+    assert kinds.index(EventKind.EXITED) > 1, "the tree was cleaned up while the state still said ready"
+    run(pool.close())
+
+
 def test_unhealthy_after_ready_is_noticed_and_restarted(tmp_path):
     pool = make_pool(tmp_path, {"m": standin_entry("unhealthy_after_ready", env={"FAKE_VLLM_DIE_AFTER_S": "0.2"})},
                      max_restarts=1)

@@ -78,11 +78,15 @@ def test_start_ready_chat_stop_leaves_no_process(tmp_path, testbed):
             extra_body={"structured_outputs": {"regex": EXACT.replace("!", "\\!")}})
         await client.close()
         stages = [e.stage for e in instance.events if e.stage]
+        log = instance.log_path.read_text()
         result = await pool.down("tiny")
-        return members, tree, reply.choices[0].message.content, stages, result
+        return members, tree, reply.choices[0].message.content, stages, result, log
 
-    members, tree, text, stages, result = run(scenario())
+    members, tree, text, stages, result, log = run(scenario())
     assert text == EXACT
+    # The readiness probe's /health calls (one at least answered 200) stay out of vLLM's access log;
+    # the user's request is in it.
+    assert '"GET /health' not in log and '"POST /v1/chat/completions' in log, log[-2000:]
     assert any(name.startswith("VLLM::EngineCore") for name in tree.values()), tree
     assert len(members) >= 3, f"API server, EngineCore and worker(s): {tree}"
     assert {"launched", "weights loaded", "ready"} <= set(stages), stages

@@ -45,3 +45,29 @@ def test_a_stop_counts_its_time_and_only_proven_vram() -> None:
     found = samples(metrics)
     assert found[("bawt_vllm_stop_seconds_count", (("model", "m"),))] == 1
     assert ("bawt_vllm_vram_freed_bytes_total", (("model", "m"),)) not in found
+
+
+def test_relayed_bytes_give_stream_events_and_reported_usage() -> None:
+    metrics = Metrics(lambda: [])
+    metrics.relayed("m", b'data: {"choices": []}\n\ndata: {"choices": []}\n\n')
+    metrics.relayed("m", b'data: {"usage": {"prompt_tokens": 7, "completion_tokens": 2, '
+                         b'"prompt_tokens_details": null}}\n\ndata: [DONE]\n\n')
+    metrics.relayed("m", b'{"usage": {"prompt_tokens":3,"completion_tokens":1}}')  # a whole JSON response
+    found = samples(metrics)
+    model = (("model", "m"),)
+    assert found[("bawt_vllm_stream_events_total", model)] == 3
+    assert found[("bawt_vllm_completion_tokens_total", model)] == 3
+    assert found[("bawt_vllm_prompt_tokens_total", model)] == 10
+
+
+def test_labels_stay_bounded_and_no_created_series() -> None:
+    rows = [{"alias": "m", "state": "ready", "in_flight": 1}, {"alias": "n", "state": "stopped"}]
+    metrics = Metrics(lambda: rows)
+    for path in ("/v1/chat/completions", "/v1/made-up/1", "/v1/made-up/2", "/v1/models"):
+        metrics.request("m", path)
+    found = samples(metrics)
+    routes = {dict(labels)["route"] for (name, labels) in found if name == "bawt_vllm_requests_total"}
+    assert routes == {"chat/completions", "models", "other"}
+    assert found[("bawt_vllm_instance_state", (("model", "m"), ("state", "ready")))] == 1
+    assert found[("bawt_vllm_instance_state", (("model", "n"), ("state", "ready")))] == 0
+    assert not [name for (name, _) in found if name.endswith("_created")]
