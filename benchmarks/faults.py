@@ -52,7 +52,7 @@ from bawt_vllm.supervisor.config.loading import load_config
 from bawt_vllm.supervisor.config.problems import ConfigError
 from bawt_vllm.supervisor.control import client as client_module
 from bawt_vllm.supervisor.control.client import DaemonClient, DaemonError
-from bawt_vllm.supervisor.runtime.instance import StartFailed
+from bawt_vllm.supervisor.runtime.failures import StartFailed
 from bawt_vllm.supervisor.runtime.pool import Pool, PoolClosed
 from bawt_vllm.supervisor.runtime.ports import port_answers
 from bawt_vllm.supervisor.runtime.process import TREE_TOKEN_ENV, ProcessIdentity

@@ -53,12 +53,17 @@ def standin_settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free right now."""
+    """A port the kernel says is free right now, outside this run's instance port range (a gateway
+    port inside it is refused by the config check)."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    low, high = run_port_range()
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if not low <= port <= high:
+            return port
 
 
 _POOLS: list[Any] = []

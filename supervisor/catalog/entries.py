@@ -9,10 +9,13 @@ llm-bawt talks to bawt-vllm's gateway as it would to any OpenAI-compatible serve
       base_url: http://127.0.0.1:8400/v1
       tool_support: native
       context_window: 16384
+      max_tokens: 4096
       managed_by: bawt-vllm
 
 `plan_merge` works out what merging them into llm-bawt's models.yaml would do and
-`apply_merge` writes it (atomically, with a backup, comments kept).
+`apply_merge` writes it (atomically, with a backup, comments kept). This is for llm-bawt
+versions before its model catalog, and for its `--local` CLI mode: a running llm-bawt service
+with the catalog reads models only from there (llmbawt.py registers them).
 
 Why the `managed_by: bawt-vllm` key rather than a YAML comment: llm-bawt reads
 entries as plain dicts with `.get()` and ignores keys it does not know, but its own
@@ -30,7 +33,8 @@ from typing import Any
 
 from ..config.schema import Config, ModelEntry
 from ..config.toolformat import EXPLICIT_TOOL_SUPPORT, PROVIDER_OPENAI, runs_on_vllm
-from ..config.urls import gateway_base_url
+from ..config.urls import llm_bawt_base_url
+from .llmbawt_fields import context_window, max_tokens
 from .yamlfile import (
     MODELS_KEY,
     ConfigReadError,
@@ -54,14 +58,18 @@ NEW_FILE_TEXT = f"{MODELS_KEY}:\n"
 def openai_entry(entry: ModelEntry, base_url: str) -> dict[str, Any]:
     """The llm-bawt entry for one supervised model.
 
-    `context_window` falls back to `max_model_len`: without it llm-bawt assumes
-    128000 tokens for `type: openai` and would send prompts vLLM rejects.
+    `context_window` falls back to `max_model_len`, then to the model's config.json on disk
+    (llmbawt_fields.context_window): without it llm-bawt assumes 128000 tokens for
+    `type: openai` and would send prompts vLLM rejects. `max_tokens` is filled whenever the
+    window is known. When nothing tells the window both are left out rather than guessed:
+    this entry is also what `up` prints, which must not fail.
     """
     result: dict[str, Any] = {"type": PROVIDER_OPENAI, "model_id": entry.served_name, "base_url": base_url}
     tool_format = entry.effective_tool_format
     result["tool_support" if tool_format in EXPLICIT_TOOL_SUPPORT else "tool_format"] = tool_format
-    context_window = entry.context_window or entry.max_model_len
-    optional = {"context_window": context_window, "max_tokens": entry.max_tokens, "description": entry.description}
+    window = context_window(entry)
+    reply = max_tokens(entry, window) if window else entry.max_tokens
+    optional = {"context_window": window, "max_tokens": reply, "description": entry.description}
     result.update({key: value for key, value in optional.items() if value is not None})
     result[MANAGED_KEY] = MANAGED_VALUE
     return result
@@ -75,10 +83,14 @@ def openai_entry_text(alias: str, entry: ModelEntry, base_url: str) -> str:
     return yaml.safe_dump({alias: fields}, sort_keys=False).rstrip()
 
 
-def openai_entries(config: Config, *, suffix: str = "") -> dict[str, dict[str, Any]]:
-    """alias + suffix -> llm-bawt entry, for every model bawt-vllm supervises."""
-    base_url = gateway_base_url(config.settings)
-    return {f"{alias}{suffix}": openai_entry(entry, base_url) for alias, entry in config.models.items()}
+def openai_entries(config: Config, *, suffix: str = "", base_url: str | None = None) -> dict[str, dict[str, Any]]:
+    """alias + suffix -> llm-bawt entry, for every model bawt-vllm supervises.
+
+    The base URL is `base_url` (a `--base-url`), else the `gateway_public_url` setting, else
+    the gateway's loopback URL (config/urls.llm_bawt_base_url).
+    """
+    url = llm_bawt_base_url(config.settings, base_url)
+    return {f"{alias}{suffix}": openai_entry(entry, url) for alias, entry in config.models.items()}
 
 
 def is_managed(definition: Any) -> bool:
@@ -126,7 +138,9 @@ class MergePlan:
         return messages
 
 
-def plan_merge(config: Config, target: Path, *, replace: bool = False, suffix: str = "") -> MergePlan:
+def plan_merge(
+    config: Config, target: Path, *, replace: bool = False, suffix: str = "", base_url: str | None = None
+) -> MergePlan:
     """Work out the merge of `openai_entries(config)` into `target`; nothing is written.
 
     Entries bawt-vllm wrote before (`managed_by: bawt-vllm`) are updated; an alias held by
@@ -138,7 +152,7 @@ def plan_merge(config: Config, target: Path, *, replace: bool = False, suffix: s
     old_text = _read(target) if exists else ""
     document = parse_document(old_text if exists else NEW_FILE_TEXT, target)
     current = document.get(MODELS_KEY) or {}
-    wanted = openai_entries(config, suffix=suffix)
+    wanted = openai_entries(config, suffix=suffix, base_url=base_url)
     plan = MergePlan(target, [], [], [], [], old_text, old_text, exists=exists)
     for alias, entry in wanted.items():
         existing = current.get(alias)

@@ -1,7 +1,8 @@
 """`bawt-vllm chat`: talk to a model through the daemon's OpenAI gateway, one question or a session.
 
-The daemon is asked only where its gateway is (starting one if none runs); the chat itself goes
-through the openai SDK, imported when the command runs.
+The daemon is asked where its gateway is (starting one if none runs) and, for a model not ready
+yet, to load it with `up`'s progress display; the chat itself goes through the openai SDK,
+imported when the command runs.
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .common import ConfigOption, daemon_client, fail, load_or_fail, require_known
+from .lifecycle import load_with_progress
+
+if TYPE_CHECKING:
+    from ..config.schema import Config
+
+READY = "ready"  # a model's state once it serves (runtime.states.State.READY)
 
 
 def chat(
@@ -23,10 +30,12 @@ def chat(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest reply.")] = 512,
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
 ) -> None:
-    """Chat with MODEL through the gateway, streaming tokens as they come (loads it if needed)."""
+    """Chat with MODEL through the gateway, streaming tokens as they come (loads it if needed).
+
+    A model that is not ready is loaded first, with the progress `up` shows."""
     loaded = load_or_fail(config)
     require_known(loaded, model)
-    gateway = daemon_client(loaded, autostart=True).status()["daemon"]["gateway"] + "/v1"
+    gateway = _gateway_once_ready(loaded, model)
     from openai import OpenAI, OpenAIError
 
     key_env = loaded.settings.api_key_env
@@ -41,6 +50,21 @@ def chat(
         except OpenAIError as error:
             raise fail(_openai_message(error)) from None
         history.append({"role": "assistant", "content": answer})
+
+
+def _gateway_once_ready(loaded: Config, model: str) -> str:
+    """The gateway's OpenAI base URL, with model ready behind it: a model not ready yet is loaded
+    first with `up`'s progress display, rather than the first question waiting in silence."""
+    from ..control.client import DaemonError
+
+    try:
+        status = daemon_client(loaded, autostart=True).status()
+    except DaemonError as error:
+        raise fail(str(error)) from None
+    if any(row["alias"] == model and row["state"] == READY for row in status["models"]):
+        return f"{status['daemon']['gateway']}/v1"
+    result, _progress = load_with_progress(loaded, model)
+    return result["gateway"]
 
 
 def _prompts(model: str) -> Iterator[str]:

@@ -16,15 +16,21 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from ..config.problems import ConfigError
     from ..config.schema import Config
     from ..control.client import DaemonClient
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="models.yaml (default: $BAWT_VLLM_CONFIG, ~/.config/bawt-vllm/models.yaml, "
-                 "then llm-bawt's models.yaml)", show_default=False),
+                 "then llm-bawt's models.yaml, then /etc/bawt-vllm/models.yaml)", show_default=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+# Exit status, the same for every command (the top-level --help and the README say so).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES_HELP = ("Exit status: 0 ok; 1 the operation failed; 2 bad usage or a bad models.yaml; "
+                   "130 interrupted (Ctrl-C).")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -38,15 +44,36 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def find_config_or_fail(config_path: Path | None) -> Path:
+    """The models.yaml to use; none to be found exits 2, saying where it looked and how to make one."""
+    from ..config.paths import find_config_path
+    from ..config.problems import ConfigError
+
+    try:
+        return find_config_path(config_path)
+    except ConfigError as error:
+        raise config_not_found(error, config_path) from None
+
+
+def config_not_found(error: ConfigError, config_path: Path | None) -> typer.Exit:
+    """Print where bawt-vllm looked for models.yaml and how to make one; the Exit (2) to raise."""
+    if config_path is None:
+        hint = "`bawt-vllm config init` writes a commented starter models.yaml (or pass --config PATH)"
+    else:
+        hint = f"`bawt-vllm config init {config_path}` writes a commented starter models.yaml there"
+    return fail(f"{error}\n{hint}", EXIT_USAGE)
+
+
 def load_or_fail(config_path: Path | None) -> Config:
     """The validated config; a config error exits 2 with its message."""
     from ..config.loading import load_config
     from ..config.problems import ConfigError
 
+    path = find_config_or_fail(config_path)
     try:
-        return load_config(config_path)
+        return load_config(path)
     except ConfigError as error:
-        raise fail(str(error), 2) from None
+        raise fail(str(error), EXIT_USAGE) from None
 
 
 def require_known(config: Config, model: str) -> None:
@@ -81,13 +108,10 @@ def fast_client(config_path: Path | None) -> DaemonClient:
 
     No models.yaml to be found exits 2; one the quick reader cannot read is loaded in full, so
     the loader explains what is wrong with it."""
-    from ..config.paths import find_config_path
-    from ..config.problems import ConfigError
     from ..control.client import DaemonClient
 
+    path = find_config_or_fail(config_path)
     try:
-        return DaemonClient.for_config_file(find_config_path(config_path))
-    except ConfigError as error:
-        raise fail(str(error), 2) from None
+        return DaemonClient.for_config_file(path)
     except Exception:  # unreadable or malformed: let the full loader explain what is wrong
         return daemon_client(load_or_fail(config_path))

@@ -14,39 +14,73 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import render
-from .common import ConfigOption, JsonOption, daemon_client, fail, fast_client, load_or_fail, require_known, say
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ConfigOption,
+    JsonOption,
+    daemon_client,
+    fail,
+    fast_client,
+    load_or_fail,
+    require_known,
+    say,
+)
 
 if TYPE_CHECKING:
     from ..config.schema import Config, ModelEntry
-    from ..control.protocol import StopProof
+    from ..control.protocol import StopProof, UpDone
 
 
 def up(
     model: Annotated[str, typer.Argument(help="Alias from models.yaml.")],
     config: ConfigOption = None,
-    foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Supervise in this terminal until Ctrl-C, "
+    foreground: Annotated[bool, typer.Option("--foreground", help="Supervise in this terminal until Ctrl-C, "
                                              "without a daemon.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the daemon's result as JSON on stdout "
+                                              "(the load's progress still goes to stderr).")] = False,
 ) -> None:
-    """Load MODEL (starting the daemon if none runs) and wait until it is ready."""
+    """Load MODEL (starting the daemon if none runs) and wait until it is ready.
+
+    Ctrl-C stops the waiting, not the load: `bawt-vllm down MODEL` cancels that."""
+    if foreground and json_output:
+        raise fail("--json reports the daemon's result; it cannot be combined with --foreground", EXIT_USAGE)
     loaded = load_or_fail(config)
     require_known(loaded, model)
     if foreground:
         raise typer.Exit(_run_in_foreground(loaded, model))
-    _say_if_weights_missing(loaded.entry(model))
-    client = daemon_client(loaded, autostart=True)
+    result, progress = load_with_progress(loaded, model, json_output=json_output)
+    if json_output:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    typer.echo(render.ready_line(model, result["model"], progress))
+    typer.echo(f"gateway: {result['gateway']}  (model: {model})")
+    typer.echo("llm-bawt entry:\n" + render.indent(result["llm_bawt_entry"]))
+
+
+def load_with_progress(loaded: Config, model: str, *, json_output: bool = False) -> tuple[UpDone, render.Progress]:
+    """Have the daemon (started if none runs) load model, showing the load on stderr; its result.
+
+    A failed load exits 1 (with --json, its result line on stdout too); Ctrl-C exits 130 and
+    says that the load goes on in the daemon."""
     from ..control.client import DaemonError
 
+    _say_if_weights_missing(loaded.entry(model))
+    client = daemon_client(loaded, autostart=True)
     try:
         with render.loading(model) as progress:
             # models.yaml may know model while the running daemon read an older file: catch it up.
             result = client.up(model, on_event=progress.on_event, on_waiting=progress.on_waiting,
                                reload_if_unknown=_say_reloaded)
     except DaemonError as error:
+        if json_output:
+            typer.echo(json.dumps({"done": True, "ok": False, "error": str(error), "code": error.code.value}))
         raise fail(str(error)) from None
-    info = result["model"]
-    typer.echo(f"{model} is ready ({info['endpoint']}, pid {info['pid']})")
-    typer.echo(f"gateway: {result['gateway']}  (model: {model})")
-    typer.echo("llm-bawt entry:\n" + render.indent(result["llm_bawt_entry"]))
+    except KeyboardInterrupt:
+        typer.echo(f"stopped waiting; {model} keeps loading in the daemon — `bawt-vllm down {model}` cancels it",
+                   err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    return result, progress
 
 
 def _run_in_foreground(loaded: Config, model: str) -> int:
@@ -59,7 +93,8 @@ def _run_in_foreground(loaded: Config, model: str) -> int:
     try:
         return asyncio.run(run_foreground(loaded, model, say))
     except StateDirBusy as error:
-        raise fail(f"{error}; stop it first, or drop --foreground to ask the daemon") from None
+        raise fail(f"{error}; stop it first (`bawt-vllm daemon stop` for a daemon, Ctrl-C for a foreground `up`), "
+                   "or drop --foreground to ask the daemon") from None
 
 
 def _say_reloaded(changes: list[str]) -> None:
@@ -109,23 +144,26 @@ def down(
 
 def _print_stops(results: list[StopProof]) -> None:
     """Each stop's proof; exit 1 if one of them did not end clean."""
-    if not any(r["was_running"] for r in results):
-        typer.echo("nothing was running")
-    for result in results:
-        if result["was_running"]:
-            typer.echo(result["summary"])
+    render.print_stops(results)
     if not all(r["clean"] for r in results if r["was_running"]):
         raise typer.Exit(1)
 
 
 def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
-    """Every configured model: state, GPU, port, pid, uptime, VRAM, requests in flight, idle time."""
-    from ..control.client import DaemonNotRunning
+    """Every configured model: state, GPU, port, pid, uptime, VRAM, in flight, idle, restarts, last error.
+
+    IDLE is blank while a model loads or serves a request; UNTIL is the time left before its idle
+    unload (bawt_vllm.idle_ttl_s or the entry's). Without a daemon every model is listed as
+    stopped (exit status 0; a hint on stderr)."""
+    from ..control.client import DaemonError, DaemonNotRunning
 
     try:
         rows = fast_client(config).status()["models"]
     except DaemonNotRunning:
         rows = [{"alias": alias, "state": "stopped"} for alias in load_or_fail(config).models]
+        typer.echo("no daemon is running: `bawt-vllm up MODEL` starts one", err=True)
+    except DaemonError as error:  # a daemon that is not ours to use, or that does not answer
+        raise fail(str(error)) from None
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -134,7 +172,7 @@ def ps(config: ConfigOption = None, json_output: JsonOption = False) -> None:
 
 def status(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """The daemon: pid, gateway, config, uptime, and each model's state."""
-    from ..control.client import DaemonNotRunning
+    from ..control.client import DaemonError, DaemonNotRunning
 
     try:
         payload = fast_client(config).status()
@@ -142,6 +180,8 @@ def status(config: ConfigOption = None, json_output: JsonOption = False) -> None
         if json_output:
             typer.echo(json.dumps({"daemon": None, "models": []}))
         raise fail("no daemon is running (`bawt-vllm up MODEL` or `bawt-vllm daemon` starts one)") from None
+    except DaemonError as error:
+        raise fail(str(error)) from None
     if json_output:
         typer.echo(json.dumps(payload, indent=1))
         return

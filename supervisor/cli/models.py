@@ -13,34 +13,61 @@ from typing import Annotated, Any
 
 import typer
 
+from ..config.urls import LLM_BAWT_SERVICE_URL
 from .common import ConfigOption, fail, load_or_fail, require_known
 
 
 def entries(
     config: ConfigOption = None,
-    write: Annotated[bool, typer.Option("--write", help="Merge them into llm-bawt's models.yaml.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --write: show the diff, write nothing.")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Merge them into llm-bawt's models.yaml (older llm-bawt, "
+                                        "or its --local mode).")] = False,
+    catalog: Annotated[bool, typer.Option("--catalog", help="Register them in llm-bawt's model catalog (its REST "
+                                          "API) instead of a models.yaml.")] = False,
+    catalog_url: Annotated[str, typer.Option("--catalog-url", metavar="URL", help="llm-bawt's service.")]
+    = LLM_BAWT_SERVICE_URL,
+    remove: Annotated[bool, typer.Option("--remove", help="With --catalog: delete what bawt-vllm registered "
+                                         "(all, or MODEL...).")] = False,
+    base_url: Annotated[str | None, typer.Option("--base-url", metavar="URL", help="The gateway as llm-bawt reaches "
+                                                 "it (default: gateway_public_url, else "
+                                                 "http://127.0.0.1:<gateway_port>/v1).")] = None,
+    with_key: Annotated[bool, typer.Option("--with-key", help="With --catalog: store the gateway key in "
+                                           "serving_config.api_key (llm-bawt's API shows it in clear).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --write or --catalog: show what would change, "
+                                          "send or write nothing.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite entries of the same alias that bawt-vllm "
                                           "did not write.")] = False,
     suffix: Annotated[str, typer.Option("--suffix", help="Append to each alias (e.g. -gw) to avoid clashes.")] = "",
     target: Annotated[Path | None, typer.Option("--target", help="llm-bawt's models.yaml (default: "
                                                 "$LLM_BAWT_MODELS_CONFIG_PATH, else ~/.config/llm-bawt/models.yaml)")]
     = None,
+    models: Annotated[list[str] | None, typer.Argument(metavar="[MODEL]...", show_default=False,
+                                                       help="With --catalog: only these models.")] = None,
 ) -> None:
-    """Print (or --write) the llm-bawt `type: openai` entry for each supervised model."""
+    """Print (or --write, or register --catalog) the llm-bawt entry of each supervised model."""
+    if not catalog and (remove or with_key or models):
+        raise fail("--remove, --with-key and MODEL names go with --catalog", 2)
+    if catalog:
+        from .catalog import run_catalog_command
+
+        run_catalog_command(config, models, catalog_url=catalog_url, remove=remove, dry_run=dry_run,
+                            base_url=base_url, with_key=with_key, suffix=suffix)
+        return
     from ..catalog.entries import apply_merge, openai_entries, plan_merge
     from ..catalog.yamlfile import YamlFileError
     from ..config.paths import llm_bawt_models_path
+    from .catalog import base_url_for_models_yaml
 
     loaded = load_or_fail(config)
+    url = base_url_for_models_yaml(loaded, base_url)
     if not write:
         import yaml
 
-        typer.echo(yaml.safe_dump({"models": openai_entries(loaded, suffix=suffix)}, sort_keys=False).rstrip())
+        typer.echo(yaml.safe_dump({"models": openai_entries(loaded, suffix=suffix, base_url=url)},
+                                  sort_keys=False).rstrip())
         return
     path = target or llm_bawt_models_path()
     try:
-        plan = plan_merge(loaded, path, replace=replace, suffix=suffix)
+        plan = plan_merge(loaded, path, replace=replace, suffix=suffix, base_url=url)
         for message in plan.conflict_messages():
             typer.echo(message, err=True)
         if dry_run:
@@ -139,13 +166,15 @@ def _pick_gguf(files: list[str], proposed: str | None, yes: bool) -> str:
 
 def _target_config(config: Path | None) -> Path:
     """The models.yaml to add to: the one in use, else ~/.config/bawt-vllm/models.yaml (created)."""
-    from ..config.paths import find_config_path, own_models_path
+    from ..config.paths import SYSTEM_CONFIG_PATH, find_config_path, own_models_path
     from ..config.problems import ConfigError
 
     try:
-        return find_config_path(config)
+        found = find_config_path(config)
     except ConfigError:
         return config.expanduser() if config is not None else own_models_path()
+    # The system service's file is root's to edit; `add` alone writes the user's own.
+    return own_models_path() if config is None and found == SYSTEM_CONFIG_PATH else found
 
 
 def _aliases_in(path: Path) -> set[str]:

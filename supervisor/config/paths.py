@@ -19,6 +19,15 @@ from .text import load_checked_yaml, read_capped
 
 CONFIG_ENV_VAR = "BAWT_VLLM_CONFIG"
 LLM_BAWT_CONFIG_ENV_VAR = "LLM_BAWT_MODELS_CONFIG_PATH"
+SYSTEM_CONFIG_PATH = Path("/etc/bawt-vllm/models.yaml")
+"""The system service's models.yaml (the unit names it); the last place the CLI looks."""
+SYSTEM_SOCKET_PATH = Path("/run/bawt-vllm/control.sock")
+"""The system service's control socket: systemd's RuntimeDirectory=bawt-vllm, /run/bawt-vllm."""
+SYSTEM_SOCKET_ENV_VAR = "BAWT_VLLM_SYSTEM_SOCKET"
+"""Overrides SYSTEM_SOCKET_PATH (tests; a unit with another RuntimeDirectory=)."""
+RUNTIME_DIRECTORY_ENV_VAR = "RUNTIME_DIRECTORY"
+"""Set by systemd for a unit with RuntimeDirectory= (several directories: colon-separated)."""
+CONTROL_SOCKET_NAME = "control.sock"
 
 
 def _home(environ: Mapping[str, str]) -> Path:
@@ -88,6 +97,7 @@ def _config_candidates(explicit: Path | None, environ: Mapping[str, str]) -> lis
         candidates.append(_Candidate(llm_bawt_models_path(environ), f"${LLM_BAWT_CONFIG_ENV_VAR}", True))
     else:
         candidates.append(_Candidate(llm_bawt_models_path(environ), "llm-bawt default", False))
+    candidates.append(_Candidate(SYSTEM_CONFIG_PATH, "system service", False))
     return candidates
 
 
@@ -96,8 +106,9 @@ def find_config_path(explicit: Path | None = None, environ: Mapping[str, str] | 
 
     Order: `explicit`, $BAWT_VLLM_CONFIG, $XDG_CONFIG_HOME/bawt-vllm/models.yaml,
     then llm-bawt's file ($LLM_BAWT_MODELS_CONFIG_PATH, else
-    $XDG_CONFIG_HOME/llm-bawt/models.yaml). A path named explicitly or by a
-    variable must exist; the defaults are skipped when absent.
+    $XDG_CONFIG_HOME/llm-bawt/models.yaml), last the system service's
+    /etc/bawt-vllm/models.yaml. A path named explicitly or by a variable must
+    exist; the defaults are skipped when absent.
     """
     env = os.environ if environ is None else environ
     looked: list[ConfigProblem] = []
@@ -180,4 +191,20 @@ def _scalar_text(raw: str) -> str | None:
 
 def control_socket(state_dir: Path) -> Path:
     """The daemon's control socket in a state directory."""
-    return state_dir / "control.sock"
+    return state_dir / CONTROL_SOCKET_NAME
+
+
+def daemon_control_socket(state_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where a daemon binds its control socket: in systemd's $RUNTIME_DIRECTORY when the unit has
+    one (the system unit: /run/bawt-vllm, where the CLI looks for the system daemon), else in
+    its state directory."""
+    env = os.environ if environ is None else environ
+    runtime = env.get(RUNTIME_DIRECTORY_ENV_VAR, "").split(":")[0]
+    return Path(runtime) / CONTROL_SOCKET_NAME if runtime else control_socket(state_dir)
+
+
+def system_control_socket(environ: Mapping[str, str] | None = None) -> Path:
+    """The system service's control socket: $BAWT_VLLM_SYSTEM_SOCKET, else /run/bawt-vllm/control.sock."""
+    env = os.environ if environ is None else environ
+    value = env.get(SYSTEM_SOCKET_ENV_VAR)
+    return _expand(value, env) if value else SYSTEM_SOCKET_PATH

@@ -24,6 +24,7 @@ from pydantic import (
 from .paths import default_state_dir
 from .problems import UnknownModelError
 from .toolformat import get_tool_format
+from .urls import http_url_problem
 
 DEFAULT_API_KEY_ENV = "BAWT_VLLM_API_KEY"
 
@@ -154,7 +155,12 @@ class Settings(BaseModel):
     eviction_wait_s: SecondsOrZero = 30.0
     vram_release_timeout_s: Seconds = 30.0
     vram_tolerance_mib: NonNegativeInt = 256
+    # What a sleeping vLLM may keep on its GPU (CUDA context, allocator pools) beyond the tolerance.
+    sleep_residual_mib: NonNegativeInt = 1536
     api_key_env: EnvVarName | None = DEFAULT_API_KEY_ENV
+    gateway_public_url: str | None = None
+    """The gateway as llm-bawt reaches it (e.g. from a Docker container), written into its catalog and
+    models.yaml entries instead of the loopback URL; `/v1` is added when the path lacks it."""
 
     @field_validator("port_range")
     @classmethod
@@ -167,6 +173,14 @@ class Settings(BaseModel):
     @classmethod
     def _expand_executable(cls, value: str) -> str:
         return os.path.expanduser(value)
+
+    @field_validator("gateway_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        problem = http_url_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("state_dir")
     @classmethod
@@ -214,6 +228,8 @@ class ModelEntry(BaseModel):
     gpu: NonNegativeInt | None = None
     port: Port | None = None
     preload: bool = False
+    pinned: bool = False  # preloaded, never evicted, never idle-unloaded (`down` still stops it)
+    sleep_level: Literal[1, 2] | None = None  # vLLM sleep mode instead of a kill on eviction and idle TTL
     idle_ttl_s: Seconds | None = None
     api_key_env: EnvVarName | None = None
 
@@ -225,6 +241,17 @@ class ModelEntry(BaseModel):
     @property
     def kind(self) -> Literal["vllm", "gguf"]:
         return self.type
+
+    @property
+    def starts_with_daemon(self) -> bool:
+        """Loaded when the daemon starts: asked for (`preload`), or implied by `pinned`."""
+        return self.preload or self.pinned
+
+    @property
+    def gpu_budget(self) -> float | None:
+        """The share of one GPU this entry may take, when it can share a GPU with others: a
+        `gpu_memory_utilization` on a single-GPU entry. None: it takes its GPU(s) whole."""
+        return self.gpu_memory_utilization if self.tensor_parallel_size == 1 else None
 
     @property
     def served_name(self) -> str:

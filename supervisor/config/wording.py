@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from .problems import Finding
 from .schema import DTYPES, MAX_SECONDS, MAX_STOP_GRACE_S, QUANTIZATIONS, TOOL_SUPPORT_VALUES
+from .urls import HTTP_URL_EXPECTATION
 
 _ENV_NAME_TEXT = "must be an environment variable name (letters, digits and underscores)"
 
@@ -50,6 +51,7 @@ _EXPECTATIONS = {
     "backend": "must be 'vllm'",
     "api_key_env": _ENV_NAME_TEXT,
     "extra_args": "must be a list of strings, e.g. ['--max-num-seqs', '8']",
+    "gateway_public_url": f"{HTTP_URL_EXPECTATION} (the gateway as llm-bawt reaches it)",
 }
 """What a key accepts, for keys where pydantic's own wording would be vague."""
 

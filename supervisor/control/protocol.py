@@ -11,8 +11,9 @@ JSON over HTTP on a Unix socket (mode 0600):
 | `GET /gpus` | | `{"gpus": [...]}` |
 | `GET /events?model=` | | `{"model", "state", "events": [event, ...]}` |
 | `POST /reload` | | `{"changes": [...]}` |
+| `POST /shutdown` | | JSON lines like /down; the last one also has the daemon's `pid`, which then exits |
 
-`/up` and `/down` answer with JSON lines (application/x-ndjson), because a load or a stop can
+`/up`, `/down` and `/shutdown` answer with JSON lines (application/x-ndjson), because a load or a stop can
 rightly take minutes: each instance event as `{"event": {...}}`; while nothing happens, a
 heartbeat every HEARTBEAT_S, `{"waiting": {"model", "state", "stage", "elapsed_s"}}`; last,
 `{"done": true, "ok": true, ...}` or `{"done": true, "ok": false, "error": "...", "code": "..."}`.
@@ -40,6 +41,8 @@ BODY_READ_TIMEOUT_S = 10.0
 """A request body not in within this is answered 408: a half-sent request holds no handler."""
 
 STATUS, UP, DOWN, LOGS, GPUS, EVENTS, RELOAD = "/status", "/up", "/down", "/logs", "/gpus", "/events", "/reload"
+SHUTDOWN = "/shutdown"
+"""Stop every model (streamed like /down), then the daemon itself: `bawt-vllm daemon stop`."""
 
 
 class ErrorCode(StrEnum):
@@ -174,6 +177,13 @@ class DownDone(TypedDict):
     results: list[StopProof]
 
 
+class ShutdownDone(TypedDict):
+    done: bool
+    ok: bool
+    results: list[StopProof]  # every model's stop, as /down gives them
+    pid: int  # the daemon's process, which exits once this line is sent
+
+
 def error_body(message: str, code: ErrorCode) -> dict[str, str]:
     return {"error": message, "code": code.value}
 
@@ -188,8 +198,13 @@ def down_done(results: list[StopProof]) -> DownDone:
     return {"done": True, "ok": True, "results": results}
 
 
+def shutdown_done(results: list[StopProof], pid: int) -> ShutdownDone:
+    """The last line of /shutdown: the stops, and the pid of the daemon that now exits."""
+    return {"done": True, "ok": True, "results": results, "pid": pid}
+
+
 def done_error(message: str, code: ErrorCode) -> dict[str, Any]:
-    """The last line of a failed /up or /down."""
+    """The last line of a failed /up, /down or /shutdown."""
     return {"done": True, "ok": False, **error_body(message, code)}
 
 

@@ -7,21 +7,22 @@ never leaves a load or a stop half done; the request only streams what happens m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
 from ..catalog.entries import openai_entry_text
 from ..config.problems import UnknownModelError
+from ..runtime.failures import StartFailed
 from ..runtime.gpus import describe
-from ..runtime.instance import Instance, StartFailed
-from ..runtime.logfiles import LogFollower, find_log, read_log_tail
+from ..runtime.instance import Instance
+from ..runtime.logfiles import log_text
 from ..runtime.placement import CapacityError
 from ..runtime.pool import Pool
 from ..runtime.states import Event, State
@@ -34,6 +35,7 @@ from .protocol import (
     HEARTBEAT_S,
     LOGS,
     RELOAD,
+    SHUTDOWN,
     STATUS,
     UP,
     BadRequest,
@@ -46,6 +48,7 @@ from .protocol import (
     event_line,
     model_of,
     parse_object,
+    shutdown_done,
     up_done,
     waiting_line,
     wants_all,
@@ -109,10 +112,11 @@ async def _ndjson(request: web.Request) -> web.StreamResponse:
 
 class ControlApi:
     def __init__(self, pool: Pool, *, gateway_url: str, reload: Callable[[], Awaitable[list[str]]],
-                 started_at: float | None = None) -> None:
+                 shutdown: Callable[[], None] | None = None, started_at: float | None = None) -> None:
         self.pool = pool
         self.gateway_url = gateway_url
         self._reload = reload
+        self._shutdown = shutdown  # asks the daemon to exit the way SIGTERM does; None: /shutdown refused
         self.started_at = started_at or time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -133,6 +137,7 @@ class ControlApi:
         app.router.add_get(GPUS, self.gpus)
         app.router.add_get(EVENTS, self.events)
         app.router.add_post(RELOAD, self.reload)
+        app.router.add_post(SHUTDOWN, self.shutdown)
         return app
 
     async def status(self, _request: web.Request) -> web.Response:
@@ -189,6 +194,32 @@ class ControlApi:
     async def _down_one(self, alias: str) -> list[StopResult]:
         return [await self.pool.down(alias)]
 
+    async def shutdown(self, request: web.Request) -> web.StreamResponse:
+        """`bawt-vllm daemon stop`: every model stopped with proof (streamed like /down), then the
+        daemon's own shutdown (what SIGTERM does).
+
+        The pool is closed, not only emptied, so nothing starts between the last proof and the
+        exit; a closed pool serves nothing more, so the daemon exits once the stops are done
+        even if the client went away or a stop failed.
+        """
+        if self._shutdown is None:
+            raise _error(web.HTTPNotImplemented, "this daemon cannot be stopped over its socket", ErrorCode.NO_ROUTE)
+        await _read_object(request)
+        log.info("daemon stop requested over the control socket: stopping every model, then the daemon")
+        stopping = self._detached(self.pool.close())
+        try:
+            response = await _ndjson(request)
+            await self._stream_until(response, stopping, None)
+            last = _down_result(stopping)
+            if last["ok"]:
+                last = dict(shutdown_done(last["results"], os.getpid()))
+            await _send_line(response, last)
+            await response.write_eof()
+        finally:
+            shutdown = self._shutdown
+            stopping.add_done_callback(lambda _done: shutdown())
+        return response
+
     async def _stream_until(self, response: web.StreamResponse, work: asyncio.Future[Any],
                             aliases: list[str] | None) -> None:
         """Until work is done: each event of aliases' instances (None: of all) as a line, and
@@ -240,38 +271,30 @@ class ControlApi:
     async def logs(self, request: web.Request) -> web.StreamResponse:
         asked = _checked(LogsRequest.from_query, request.query)
         alias = self._alias(asked.model)
-        path = self._log_path(alias, asked.start)
+        path = self.pool.log_path(alias, asked.start)
         if path is None:
             raise _error(web.HTTPNotFound, f"{alias} has no log yet", ErrorCode.NO_LOG)
         response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
                                                "X-Log-Path": str(path)})
         await response.prepare(request)
-        tail = read_log_tail(path, asked.lines) if asked.lines else []
-        await response.write(("\n".join(tail) + ("\n" if tail else "")).encode())
-        if asked.follow:
-            await self._follow(response, path)
+        text = log_text(path, asked.lines, follow=asked.follow, poll_s=FOLLOW_POLL_S)
+        async with contextlib.aclosing(text):  # the follower's file is closed when the client goes away
+            async for chunk in text:
+                await response.write(chunk)
         await response.write_eof()
         return response
 
-    def _log_path(self, alias: str, start: int | None) -> Path | None:
-        instance = self.pool.get(alias)
-        if start is None and instance is not None and instance.log_path is not None:
-            return instance.log_path
-        return find_log(self.pool.log_dir, alias, start)
-
-    async def _follow(self, response: web.StreamResponse, path: Path) -> None:
-        """What is written to the log from now on, as written, until the client goes away."""
-        follower = LogFollower(path, from_end=True)
-        try:
-            while True:
-                if chunk := follower.read_chunk():
-                    await response.write(chunk)
-                await asyncio.sleep(FOLLOW_POLL_S)
-        finally:
-            follower.close()
-
     async def gpus(self, _request: web.Request) -> web.Response:
-        return web.json_response({"gpus": describe(self.pool.inventory.snapshot())})
+        """NVML's view of each GPU, with the models of ours on it and the share of it each may take
+        (`budgets`: alias -> fraction, null for a whole GPU; `budget_used`: their sum, null if whole)."""
+        budgets = self.pool.gpu_budgets()
+        rows = describe(self.pool.inventory.snapshot())
+        for row in rows:
+            on_it = budgets.get(row["index"], {})
+            row["budgets"] = on_it
+            shares = list(on_it.values())
+            row["budget_used"] = None if None in shares else round(sum(s or 0.0 for s in shares), 3)
+        return web.json_response({"gpus": rows})
 
     async def events(self, request: web.Request) -> web.Response:
         alias = self._alias(request.query.get("model"))

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 API_KEY_ENV_VAR = "VLLM_API_KEY"
 """vLLM reads its API key from this variable when `--api-key` is not given."""
+SLEEP_ENDPOINTS_ENV_VAR = "VLLM_SERVER_DEV_MODE"
+"""Set to 1, vLLM serves its sleep-mode endpoints (/sleep, /wake_up, /is_sleeping)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ def _engine_flags(entry: ModelEntry) -> list[str]:
         flags.append("--no-enable-prefix-caching")
     if entry.trust_remote_code:
         flags.append("--trust-remote-code")
+    if entry.sleep_level is not None:
+        flags.append("--enable-sleep-mode")
     return flags
 
 
@@ -137,6 +141,10 @@ def _child_env(entry: ModelEntry, gpus: Sequence[int] | None, api_key: str | Non
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
     if api_key is not None:
         env[API_KEY_ENV_VAR] = api_key
+    if entry.sleep_level is not None:
+        # vLLM serves /sleep and /wake_up only in its dev mode. They are not behind VLLM_API_KEY
+        # (vLLM guards /v1 only): the server binds bawt_vllm.host, loopback by default.
+        env[SLEEP_ENDPOINTS_ENV_VAR] = "1"
     return env
 
 

@@ -287,14 +287,16 @@ def choose_gpus(
     pin: int | None,
     memory_fraction: float | None,
     alias: str,
+    packed: Mapping[int, float] | None = None,
 ) -> list[int]:
     """Pick `count` GPU indices for instance `alias`, or raise GpuUnavailableError saying why not.
 
-    `held` maps GPU index -> alias of one of our instances already on it; such GPUs are never chosen. A GPU
-    fits when its free memory covers `memory_fraction` (vLLM's `--gpu-memory-utilization`, 0.9 when None) of
-    its total, because vLLM refuses to start otherwise. `pin` names a GPU that must be among the chosen; the
-    rest (tensor parallel) are picked like unpinned ones: most free memory first, then lowest index.
-    The result is sorted by index.
+    `held` maps GPU index -> who keeps `alias` off it (our instances already on it); such GPUs are never
+    chosen. A GPU fits when its free memory covers `memory_fraction` (vLLM's `--gpu-memory-utilization`,
+    0.9 when None) of its total, because vLLM refuses to start otherwise. `pin` names a GPU that must be
+    among the chosen; the rest (tensor parallel) are picked like unpinned ones. `packed` maps GPUs that our
+    budgeted instances share to the budget they use: the fullest that still fits comes first (so whole GPUs
+    stay free for big models), then most free memory, then lowest index. The result is sorted by index.
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
@@ -317,7 +319,8 @@ def choose_gpus(
         for g in ordered
         if g.index not in held and g.index not in taken and g.free_bytes >= _need_bytes(g, fraction)
     ]
-    fitting.sort(key=lambda g: (-g.free_bytes, g.index))
+    sharing = packed or {}
+    fitting.sort(key=lambda g: (-sharing.get(g.index, 0.0), -g.free_bytes, g.index))
     chosen.extend(fitting[: count - len(chosen)])
     if len(chosen) < count:
         states = "; ".join(_state(g, held) for g in ordered)

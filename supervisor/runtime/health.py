@@ -40,14 +40,15 @@ class HealthCheck:
         self.settings = settings
         self.hangs = HangDetector(settings.probe_timeout_s, settings.health_interval_s * IDLE_PROBE_EVERY_INTERVALS)
 
-    async def run(self, members: list[ProcessIdentity]) -> tuple[Health, str]:
-        """The verdict, and why (for the event and the restart reason)."""
+    async def run(self, members: list[ProcessIdentity], *, engine: bool = True) -> tuple[Health, str]:
+        """The verdict, and why (for the event and the restart reason). engine=False skips the
+        engine's liveness (a sleeping engine has nothing to show)."""
         status = await self.probe.health()
         if status != 200:
             return Health.SICK, "/health did not answer" if status is None else f"/health answered {status}"
         if not port_listeners(self.port, [m.pid for m in members]).owned:
             return Health.SICK, f"port {self.port} is no longer ours alone"
-        if not self.settings.liveness_probe:
+        if not self.settings.liveness_probe or not engine:
             return Health.OK, "ok"
         return await self._engine_alive()
 

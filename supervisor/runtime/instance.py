@@ -14,19 +14,21 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config.schema import ModelEntry, Settings
 from ..config.urls import url_host
 from .command import ServeCommand, build_serve_command
+from .failures import StartFailed
 from .gpus import GpuInventory, NoGpuInventory
 from .health import UNHEALTHY_CHECKS_BEFORE_RESTART, Health, HealthCheck
 from .listeners import port_listeners
 from .logfiles import LogFollower, next_log_path, read_log_tail
+from .placement import Placement
 from .process import KillReport, ProcessIdentity, ServeProcess
 from .readiness import HealthProbe, classify_line
+from .sleepmode import SleepFailed, check_host_room, prove_sleep
 from .states import ENTERS, LIVE_STATES, STOP_KINDS, TRANSITIONS, Event, EventKind, IllegalTransition, Stage, State
 from .stops import StopResult
 from .vllmversion import PROBED_ENDPOINTS, filters_access_log
@@ -34,36 +36,6 @@ from .vram import VramRelease, used_bytes, wait_vram_released
 
 # An instance that stayed ready this long has its restart count forgiven.
 RESTART_FORGIVE_AFTER_S = 600.0
-
-
-class StartFailed(RuntimeError):
-    """A start that did not reach ready: why, the exit code if it exited, the log tail."""
-
-    def __init__(self, alias: str, reason: str, *, exit_code: int | None = None,
-                 log_tail: list[str] | None = None, log_path: Path | None = None) -> None:
-        self.alias = alias
-        self.reason = reason
-        self.exit_code = exit_code
-        self.log_tail = log_tail or []
-        self.log_path = log_path
-        super().__init__(f"{alias}: {reason}")
-
-    def details(self) -> str:
-        lines = [str(self)]
-        if self.log_path is not None:
-            lines.append(f"log: {self.log_path}")
-        if self.log_tail:
-            lines.append("last log lines:")
-            lines.extend(f"  {line}" for line in self.log_tail)
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where an instance runs: its port and GPU indices (empty: on the CPU)."""
-
-    port: int
-    gpus: tuple[int, ...] = ()
 
 
 Listener = Callable[["Instance", Event], None]
@@ -108,6 +80,8 @@ class Instance:
         self._vram_before: int | None = None
         self._vram_running: int | None = None
         self._shutdown_coming = False
+        self._sleep_client: HealthProbe | None = None
+        self._asleep_or_waking = False  # health verdicts mean nothing while vLLM sleeps or wakes
 
     # -- read side --------------------------------------------------------------------
     @property
@@ -144,6 +118,7 @@ class Instance:
             "endpoint": self.endpoint, "served_name": self.entry.served_name,
             "uptime_s": None if self.ready_since is None else round(now - self.ready_since, 1),
             "restarts": self.restarts, "log": None if self.log_path is None else str(self.log_path),
+            "gpu_budget": self.entry.gpu_budget, "pinned": self.entry.pinned, "sleep_level": self.entry.sleep_level,
             "last_error": None if self.last_error is None else self.last_error.reason,
             "vram_bytes": None if self._process is None or self._vram_running is None or self._vram_before is None
             else max(0, self._vram_running - self._vram_before),
@@ -242,6 +217,51 @@ class Instance:
             await asyncio.wait({task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
             task.result()
+
+    # -- sleep mode -----------------------------------------------------------------------
+    async def sleep(self, reason: str, kind: EventKind = EventKind.SLEEPING) -> str:
+        """Put a ready instance to sleep at its entry's level and prove the GPU memory came back;
+        the proof in one line. Raises SleepFailed (the caller stops it instead) when the host has
+        no room for the weights (level 1), vLLM refuses, or NVML does not show the memory back.
+        """
+        level = self.entry.sleep_level
+        async with self._lifecycle:
+            if self._state is not State.READY or level is None or self._process is None:
+                raise SleepFailed(f"{self.alias} is {self._state.value}, not a ready sleep-mode instance")
+            check_host_room(level, self._vram_before, self._vram_running)
+            self._asleep_or_waking = True
+            self.ready_since = None
+            self._enter(kind, f"{reason}: sleep level {level}")
+            started = time.monotonic()
+            answer = await self._sleep_probe().control(f"/sleep?level={level}", self.settings.probe_timeout_s)
+            if answer is None or answer[0] != 200:
+                raise SleepFailed(f"vLLM did not sleep: {'no answer' if answer is None else f'HTTP {answer[0]}'}")
+            proof = await prove_sleep(self.inventory, self.placement.gpus, self.settings,
+                                      used_before_start=self._vram_before, used_while_running=self._vram_running,
+                                      started=started)
+            self._note(EventKind.SLEPT, proof)
+            return proof
+
+    async def wake(self) -> None:
+        """Wake a sleeping instance and wait until it answers again; StartFailed if it does not."""
+        async with self._lifecycle:
+            if self._state is not State.SLEEPING:
+                return
+            self._enter(EventKind.WAKING, "woken for a request")
+            started = time.monotonic()
+            probe = self._sleep_probe()
+            answer = await probe.control("/wake_up", self.settings.ready_stall_timeout_s)
+            if answer is None or answer[0] != 200 or not await probe.ready():
+                raise StartFailed(self.alias, "did not wake up from sleep mode", log_tail=self.log_tail(),
+                                  log_path=self.log_path)
+            self._asleep_or_waking = False
+            self.ready_since = time.time()
+            self._enter(EventKind.READY, f"awake in {time.monotonic() - started:.2f}s at {self.endpoint}")
+
+    def _sleep_probe(self) -> HealthProbe:
+        if self._sleep_client is None:
+            self._sleep_client = HealthProbe(self.endpoint.removesuffix("/v1"), self.entry.served_name, self.api_key)
+        return self._sleep_client
 
     # -- supervision --------------------------------------------------------------------
     async def adopt(self, process: ServeProcess, log_path: Path | None) -> None:
@@ -426,7 +446,12 @@ class Instance:
                 members = process.refresh()
                 if self.ready_since and time.time() - self.ready_since > RESTART_FORGIVE_AFTER_S:
                     self.restarts = 0
-                verdict, why = await check.run(members)
+                verdict, why = await check.run(members, engine=not self._asleep_or_waking)
+                if self._asleep_or_waking and verdict is not Health.OK:
+                    failed_checks += 1  # a sleeping engine is only asked whether it lives
+                    if failed_checks < UNHEALTHY_CHECKS_BEFORE_RESTART:
+                        continue
+                    return f"unhealthy while asleep: {why} ({failed_checks} checks in a row)"
                 if verdict is Health.HUNG:
                     return why  # the detector's window already spans probe_timeout_s: restart now
                 if verdict is Health.OK:
@@ -443,6 +468,10 @@ class Instance:
             await probe.close()
 
     async def _end_process(self) -> StopResult:
+        self._asleep_or_waking = False
+        if self._sleep_client is not None:
+            await self._sleep_client.close()
+            self._sleep_client = None
         # The process stays recorded until the kill completes, so that a stop that cancels
         # a supervisor halfway through a kill still finds the tree and finishes the job.
         process = self._process

@@ -8,10 +8,12 @@ growing log for both the load (stages, progress) and `logs --follow`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
 from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,3 +129,21 @@ def read_log_tail(path: Path, count: int = 20) -> list[str]:
         return []
     lines = [p.decode("utf-8", "replace") for p in re.split(rb"\r\n|\n|\r", data) if p.strip()]
     return lines[-count:]
+
+
+async def log_text(path: Path, lines: int, *, follow: bool = False, poll_s: float = 0.1,
+                   until: Callable[[], bool] = lambda: False) -> AsyncGenerator[bytes, None]:
+    """`logs`: the last `lines` lines of path, then (follow) what is written to it from then on,
+    as written, polled every poll_s until the consumer stops or until() is true."""
+    tail = read_log_tail(path, lines) if lines else []
+    yield ("\n".join(tail) + ("\n" if tail else "")).encode()
+    if not follow:
+        return
+    follower = LogFollower(path, from_end=True)
+    try:
+        while not until():
+            if chunk := follower.read_chunk():
+                yield chunk
+            await asyncio.sleep(poll_s)
+    finally:
+        follower.close()

@@ -13,23 +13,35 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from ..config.schema import Config, ModelEntry
 from .command import entry_fingerprint
+from .failures import StartFailed
 from .gpus import GpuInventory, GpuUnavailableError, detect_inventory
-from .instance import Instance, Placement, StartFailed
+from .instance import Instance
+from .logfiles import find_log
 from .logfiles import log_dir as logs_in
-from .placement import CapacityError, Occupant, choose_slot, evictable_later, eviction_candidate, idle_expired
+from .placement import (
+    CapacityError,
+    Occupant,
+    Placement,
+    choose_slot,
+    evictable_later,
+    eviction_candidate,
+    helps_placing,
+    idle_expired,
+)
 from .ports import PortAllocator
 from .process import ServeProcess
 from .recovery import RecoveryReport, is_adoptable, leftover_tree, stop_leftover
+from .sleepmode import SleepFailed
 from .statefile import InstanceRecord, StateStore
 from .states import LIVE_STATES, Event, EventKind, State
 from .stops import StopResult
+from .usage import UsageBook
 
 # Events after which a running tree's record is (re)written: its members may have changed.
 _RECORDED_ON = frozenset({EventKind.LAUNCHED, EventKind.ADOPTING, EventKind.READY, EventKind.UNHEALTHY,
@@ -52,13 +64,6 @@ class ConfigRejected(ValueError):
     """A new config that cannot be applied to a running pool (the running one is kept)."""
 
 
-@dataclass
-class Usage:
-    in_flight: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-    requests: int = 0
-
-
 class Pool:
     def __init__(self, config: Config, *, inventory: GpuInventory | None = None) -> None:
         self.config = config
@@ -67,10 +72,9 @@ class Pool:
         settings = config.settings
         self.ports = PortAllocator(settings.host, settings.port_range[0], settings.port_range[1])
         self._instances: dict[str, Instance] = {}
-        self.usage: dict[str, Usage] = {}
+        self.usage = UsageBook(self._configured_ttl)
         self._gguf_paths: dict[tuple[str, str], str] = {}  # (repo_id, filename) -> the local .gguf
         self._placing = asyncio.Lock()
-        self._idle = asyncio.Condition()
         self._listeners: list[EventListener] = []
         self._stop_listeners: list[StopListener] = []
         self._ttl_task: asyncio.Task[None] | None = None
@@ -104,6 +108,13 @@ class Pool:
         """Every instance ever placed, by alias (a read-only view)."""
         return MappingProxyType(self._instances)
 
+    def log_path(self, alias: str, start: int | None = None) -> Path | None:
+        """The log of alias's start number `start`; by default the running instance's, else the latest."""
+        instance = self._instances.get(alias)
+        if start is None and instance is not None and instance.log_path is not None:
+            return instance.log_path
+        return find_log(self.log_dir, alias, start)
+
     def is_ready(self, alias: str) -> bool:
         instance = self._instances.get(alias)
         return instance is not None and instance.state is State.READY
@@ -128,7 +139,7 @@ class Pool:
         on_wait (if given) is called every wait_tick_s with what the load is doing.
         Raises CapacityError, StartFailed, or PlacementFailed for anything else.
         """
-        async with self._in_flight(alias):
+        async with self.usage.in_flight(alias):
             yield await self._ready_for_request(alias, on_wait, wait_tick_s)
 
     async def _ready_for_request(self, alias: str, on_wait: Callable[[str], Awaitable[None]] | None,
@@ -176,16 +187,33 @@ class Pool:
         self.config.entry(alias)  # unknown alias -> clear error
         self._refuse_if_closing(alias)
         instance = self._instances.get(alias)
-        if instance is not None and instance.state in LIVE_STATES:
+        if instance is not None and instance.state in LIVE_STATES and instance.state is not State.SLEEPING:
             return instance
         async with self._placing:
             self._refuse_if_closing(alias)
             entry = self.config.entry(alias)  # the entry as it is now, after any reload
             instance = self._instances.get(alias)
+            if instance is not None and instance.state is State.SLEEPING:
+                return await self._woken(instance)
             if instance is None or instance.state not in LIVE_STATES:
                 instance = await self._place(entry, instance)
                 await instance.start()
             return instance
+
+    async def _woken(self, instance: Instance) -> Instance:
+        """A sleeping instance woken, after making room for its budget on its own GPU(s); one that
+        does not wake is stopped and placed afresh."""
+        entry = instance.entry
+        on_its_gpu = entry.model_copy(update={"gpu": instance.placement.gpus[0]}) if instance.placement.gpus else entry
+        await self._gpus_for(on_its_gpu)  # evicts what must go for it to be awake again (budget, CPU cap)
+        try:
+            await instance.wake()
+            return instance
+        except StartFailed as failure:
+            await self.down(instance.alias, reason=f"{failure.reason}; stopped to start afresh")
+            fresh = await self._place(entry, self._instances.get(instance.alias))
+            await fresh.start()
+            return fresh
 
     def _refuse_if_closing(self, alias: str) -> None:
         if self._closing:
@@ -210,7 +238,6 @@ class Pool:
                             inventory=self.inventory, model_source=source, api_key=api_key)
         instance.add_listener(self._on_event)
         self._instances[entry.alias] = instance
-        self.usage.setdefault(entry.alias, Usage())
         return instance
 
     async def _model_source(self, entry: ModelEntry) -> str | None:
@@ -234,29 +261,54 @@ class Pool:
                 return choose_slot(entry, self.inventory.snapshot(), self._occupants(),
                                    self.config.settings.max_cpu_instances)
             except (GpuUnavailableError, CapacityError) as busy:
-                victim = eviction_candidate(self._occupants(), exclude=entry.alias)
+                victim = self._victim(entry)
                 if victim is not None:
-                    await self.down(victim, reason=f"evicted (least recently used) for {entry.alias}",
-                                    kind=EventKind.EVICTED)
+                    await self._make_room(victim, f"evicted (least recently used) for {entry.alias}")
                     continue
                 if not evictable_later(self._occupants(), entry.alias) or not await self._wait_for_idle(deadline):
                     raise CapacityError(f"{busy}; every running model is busy") from busy
 
+    def _victim(self, entry: ModelEntry) -> Occupant | None:
+        """What to evict for entry: the least recently used idle instance whose going makes room,
+        else (nothing awake to evict) the least recently used sleeping one in the way."""
+        occupants = self._occupants()
+        gpus = self.inventory.snapshot()
+        cap = self.config.settings.max_cpu_instances
+
+        def helps(candidate: Occupant) -> bool:
+            return helps_placing(entry, gpus, occupants, candidate, cap)
+
+        alias = eviction_candidate(occupants, exclude=entry.alias, helps=helps)
+        if alias is None:
+            asleep = [o for o in occupants if o.state is State.SLEEPING and o.alias != entry.alias
+                      and not o.pinned and helps(o)]
+            alias = min(asleep, key=lambda o: o.last_used).alias if asleep else None
+        return next((o for o in occupants if o.alias == alias), None)
+
+    async def _make_room(self, victim: Occupant, reason: str) -> None:
+        """Evict victim: put to sleep when its entry has a sleep level and it is awake, else stop it."""
+        instance = self._instances[victim.alias]
+        if instance.entry.sleep_level is not None and victim.state is State.READY:
+            await self._sleep_or_stop(victim.alias, reason, EventKind.EVICTED)
+        else:
+            await self.down(victim.alias, reason=reason, kind=EventKind.EVICTED)
+
+    async def _sleep_or_stop(self, alias: str, reason: str, kind: EventKind) -> None:
+        """Sleep instead of a stop; a sleep that fails or cannot be proven stops the instance instead."""
+        instance = self._instances[alias]
+        try:
+            await instance.sleep(reason, kind=EventKind.SLEEPING)
+        except SleepFailed as failure:
+            await self.down(alias, reason=f"{reason}; put to sleep failed ({failure}), stopped instead", kind=kind)
+
     async def _wait_for_idle(self, deadline: float) -> bool:
         """Wait until some request finishes; False once the deadline has passed."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        async with self._idle:
-            try:
-                await asyncio.wait_for(self._idle.wait(), remaining)
-            except TimeoutError:
-                return False
-        return True
+        return await self.usage.wait_for_release(deadline)
 
     def _occupants(self) -> list[Occupant]:
         return [Occupant(alias, i.state, i.state in LIVE_STATES or i.process is not None, i.placement.gpus,
-                         self.usage[alias].in_flight, self.usage[alias].last_used)
+                         self.usage.of(alias).in_flight, self.usage.of(alias).last_used,
+                         budget=i.entry.gpu_budget, pinned=i.entry.pinned)
                 for alias, i in self._instances.items()]
 
     # -- stopping -------------------------------------------------------------------------
@@ -271,6 +323,7 @@ class Pool:
         if instance is None:
             return StopResult(alias, 0.0, was_running=False)
         result = await instance.stop(reason, kind)
+        self.usage.forget_keep_alive(alias)  # as in Ollama: a request's keep_alive lasts until the unload
         self._release(instance)
         for listener in self._stop_listeners:
             listener(result)
@@ -285,33 +338,13 @@ class Pool:
             self.store.remove(instance.alias)
 
     # -- usage -------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _in_flight(self, alias: str) -> AsyncIterator[Usage]:
-        usage = self.usage.setdefault(alias, Usage())
-        usage.in_flight += 1
-        usage.requests += 1
-        try:
-            yield usage
-        finally:
-            usage.in_flight -= 1
-            usage.last_used = time.monotonic()
-            async with self._idle:
-                self._idle.notify_all()
-
     def status(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for alias in self.config.models:
             instance = self._instances.get(alias)
-            usage = self.usage.get(alias, Usage())
             row: dict[str, Any] = instance.info() if instance else {"alias": alias, "state": State.STOPPED.value}
-            row["in_flight"] = usage.in_flight
             loaded = instance is not None and instance.state in (State.READY, State.UNHEALTHY)
-            idle = time.monotonic() - usage.last_used if loaded and not usage.in_flight else None
-            ttl = self._idle_ttl(alias)
-            row["idle_s"] = None if idle is None else round(idle, 1)  # a load or a request is not idle time
-            row["idle_ttl_s"] = ttl
-            row["unload_in_s"] = None if idle is None or not ttl else round(max(0.0, ttl - idle), 1)
-            rows.append(row)
+            rows.append(row | self.usage.row(alias, loaded))
         return rows
 
     # -- idle TTL -------------------------------------------------------------------------
@@ -323,15 +356,33 @@ class Pool:
         while True:
             await asyncio.sleep(interval_s)
             for alias in self.expired_aliases():
-                await self.down(alias, reason="idle TTL", kind=EventKind.IDLE_UNLOADED)
+                if self._instances[alias].entry.sleep_level is not None:
+                    await self._sleep_or_stop(alias, "idle TTL", EventKind.IDLE_UNLOADED)
+                else:
+                    await self.down(alias, reason="idle TTL", kind=EventKind.IDLE_UNLOADED)
 
     def expired_aliases(self) -> list[str]:
-        return idle_expired(self._occupants(), self._idle_ttl, time.monotonic())
+        return idle_expired(self._occupants(), self.usage.idle_ttl, time.monotonic())
 
-    def _idle_ttl(self, alias: str) -> float | None:
-        """alias's idle TTL: its entry's, else the global one (None: never unloaded for idleness)."""
+    def gpu_budgets(self) -> dict[int, dict[str, float | None]]:
+        """GPU index -> {alias: its budget (None: the whole GPU)} for every instance holding it."""
+        use: dict[int, dict[str, float | None]] = {}
+        for occupant in self._occupants():
+            if occupant.holds_resources:
+                for gpu in occupant.gpus:
+                    use.setdefault(gpu, {})[occupant.alias] = occupant.gpu_share
+        return use
+
+    def _configured_ttl(self, alias: str) -> float | None:
+        """alias's idle TTL as configured: its entry's, else the global one (None: never)."""
         entry = self.config.models.get(alias)
         return (entry.idle_ttl_s if entry else None) or self.config.settings.idle_ttl_s
+
+    def keep_alive(self, alias: str, seconds: float | None) -> None:
+        """Ollama's keep_alive, from a request: alias stays loaded for `seconds` of idleness from now
+        on, or (None) until a later keep_alive says otherwise. A reload of its entry forgets it."""
+        self.config.entry(alias)  # unknown alias -> clear error
+        self.usage.keep_alive(alias, seconds)
 
     async def close(self) -> list[StopResult]:
         """Stop everything; from the first line on, nothing new starts (loads waiting for
@@ -339,8 +390,7 @@ class Pool:
         self._closing = True
         for instance in self._instances.values():
             instance.expect_shutdown()
-        async with self._idle:
-            self._idle.notify_all()
+        await self.usage.wake_waiters()
         if self._ttl_task is not None:
             self._ttl_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -398,8 +448,7 @@ class Pool:
         for listener in self._listeners:
             listener(instance, event)
         if event.kind is EventKind.READY:
-            usage = self.usage.setdefault(instance.alias, Usage())
-            usage.last_used = max(usage.last_used, time.monotonic())  # idle time counts from ready, not load
+            self.usage.ready_now(instance.alias)
         process = instance.process
         if process is None or event.kind not in _RECORDED_ON:
             return
@@ -448,6 +497,5 @@ class Pool:
                             log_dir=self.log_dir, inventory=self.inventory, api_key=record.api_key)
         instance.add_listener(self._on_event)
         self._instances[record.alias] = instance
-        self.usage.setdefault(record.alias, Usage())
         await instance.adopt(process, Path(record.log) if record.log else None)
         await instance.wait_ready(timeout=30)

@@ -152,6 +152,16 @@ class HealthProbe:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return None
 
+    async def control(self, path: str, timeout_s: float) -> tuple[int, bytes] | None:
+        """(status, body) of POST path (vLLM's /sleep, /wake_up), or None when nothing answers in time."""
+        try:
+            async with self._client().post(
+                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
     async def health(self, timeout_s: float = 2.0) -> int | None:
         """Status of GET /health, or None when nothing answers."""
         answer = await self._get("/health", timeout_s)

@@ -19,18 +19,20 @@ class State(StrEnum):
     UNHEALTHY = "unhealthy"
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"  # vLLM sleep mode: the process lives, its weights and KV cache are off the GPU
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.STARTING, State.READY, State.FAILED, State.STOPPING}),
-    State.READY: frozenset({State.UNHEALTHY, State.STARTING, State.STOPPING, State.FAILED}),
+    State.READY: frozenset({State.UNHEALTHY, State.STARTING, State.STOPPING, State.FAILED, State.SLEEPING}),
     State.UNHEALTHY: frozenset({State.READY, State.STARTING, State.STOPPING, State.FAILED}),
     State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
     State.FAILED: frozenset({State.STARTING, State.STOPPING}),
+    State.SLEEPING: frozenset({State.STARTING, State.STOPPING, State.FAILED}),
 }
 
-LIVE_STATES = frozenset({State.STARTING, State.READY, State.UNHEALTHY})
+LIVE_STATES = frozenset({State.STARTING, State.READY, State.UNHEALTHY, State.SLEEPING})
 """States in which the instance holds (or is about to hold) a process tree, a port and GPUs."""
 
 
@@ -75,6 +77,9 @@ class EventKind(StrEnum):
     RESTARTING = "restarting"  # a new start after a backoff
     STOPPING = "stopping"  # a stop asked for (by a user, a reload, a shutdown)
     EVICTED = "evicted"  # stopped to make room for another model
+    SLEEPING = "sleeping"  # put to sleep (to make room, or idle): weights and KV cache leave the GPU
+    SLEPT = "slept"  # the sleep is proven: the GPU memory came back
+    WAKING = "waking"  # woken for a request: weights back on the GPU
     IDLE_UNLOADED = "idle unloaded"  # stopped after its idle TTL
     STOPPED = "stopped"
     FAILED = "failed"
@@ -87,6 +92,8 @@ ENTERS: dict[EventKind, State] = {
     EventKind.START_REQUESTED: State.STARTING,
     EventKind.ADOPTING: State.STARTING,
     EventKind.RESTARTING: State.STARTING,
+    EventKind.WAKING: State.STARTING,
+    EventKind.SLEEPING: State.SLEEPING,
     EventKind.READY: State.READY,
     EventKind.RECOVERED: State.READY,
     EventKind.UNHEALTHY: State.UNHEALTHY,

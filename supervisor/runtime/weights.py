@@ -4,12 +4,19 @@ Downloads go to the ordinary Hugging Face cache (`HF_HOME` / `HF_HUB_CACHE`), wh
 where `vllm serve` looks, so a pulled model starts without touching the network. It is
 in the runtime wing because the pool downloads a GGUF file before a start; `bawt-vllm
 pull` uses it too. huggingface_hub is imported inside the functions, as in hubclient.
+
+A GGUF file llm-bawt already downloaded is used where it lies: llm-bawt keeps its GGUF
+files at `<MODEL_CACHE_DIR>/<repo_id>/<filename>` (`hf_hub_download(local_dir=...)`, its
+gguf_handler.py), MODEL_CACHE_DIR being `~/.cache/llm-bawt/models` unless
+`$LLM_BAWT_MODEL_CACHE_DIR` says otherwise. It is looked for before the HF cache, so a model
+moved from llm-bawt's llama.cpp to bawt-vllm is not downloaded a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,6 +25,8 @@ from typing import Any
 from ..config.toolformat import PROVIDER_GGUF
 from .hubclient import LIBRARY_NAME, HubError, MissingFileError, NoWeightsError, hub_api, hub_errors
 
+LLM_BAWT_CACHE_ENV = "LLM_BAWT_MODEL_CACHE_DIR"
+LLM_BAWT_DEFAULT_CACHE = "~/.cache/llm-bawt/models"
 _SUPPORT_FILE = re.compile(r"\.(?:json|jinja|model|tiktoken|txt)$|^tokenizer", re.IGNORECASE)
 
 
@@ -31,18 +40,57 @@ def _as_mapping(entry: Any) -> Mapping[str, Any]:
 
 
 def weights_present(entry: Any) -> bool:
-    """Whether the entry's weights are on disk already (local path or the HF cache); never uses the network."""
+    """Whether the entry's weights are on disk already (local path, llm-bawt's GGUF cache or the HF cache);
+    never uses the network."""
     values = _as_mapping(entry)
     if values.get("type") == PROVIDER_GGUF:
         if values.get("path"):
             return Path(str(values["path"])).expanduser().is_file()
-        return _cached_file(str(values.get("repo_id") or ""), str(values.get("filename") or "")) is not None
+        repo_id, filename = str(values.get("repo_id") or ""), str(values.get("filename") or "")
+        return llm_bawt_gguf_file(repo_id, filename) is not None or _cached_file(repo_id, filename) is not None
     model_id = str(values.get("model_id") or "")
     local = Path(model_id).expanduser()
     if model_id and local.is_dir():
         return _snapshot_complete(local)
     config_file = _cached_file(model_id, "config.json")
     return config_file is not None and _snapshot_complete(config_file.parent)
+
+
+def llm_bawt_gguf_file(repo_id: str, filename: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The GGUF file llm-bawt downloaded for (repo_id, filename), when it is there."""
+    parts = [*repo_id.split("/"), *filename.split("/")]
+    if not repo_id or not filename or any(part in ("", ".", "..") for part in parts):
+        return None  # not a Hub name: never a path out of the cache
+    env = os.environ if environ is None else environ
+    root = Path(env.get(LLM_BAWT_CACHE_ENV) or LLM_BAWT_DEFAULT_CACHE)
+    try:
+        candidate = root.expanduser().joinpath(*parts)
+    except RuntimeError:  # '~someone' with no such user
+        return None
+    return candidate if candidate.is_file() else None
+
+
+def local_config_json(entry: Any) -> dict[str, Any] | None:
+    """The model's config.json when it is on disk, never from the network: a local model
+    directory or the HF cache (`type: vllm`), or the `tokenizer` source (GGUF entries, whose
+    tokenizer is the base model). None when absent or unreadable."""
+    values = _as_mapping(entry)
+    source = str(values.get("tokenizer") or "") if values.get("type") == PROVIDER_GGUF else str(
+        values.get("model_id") or "")
+    if not source:
+        return None
+    try:
+        local = Path(source).expanduser()
+    except RuntimeError:  # '~someone' with no such user
+        return None
+    found = local / "config.json" if local.is_dir() else _cached_file(source, "config.json")
+    if found is None or not found.is_file():
+        return None
+    try:
+        loaded = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _cached_file(repo_id: str, filename: str) -> Path | None:
@@ -108,6 +156,10 @@ def _pull_gguf(values: Mapping[str, Any]) -> Path:
     repo_id, filename = str(values.get("repo_id") or ""), str(values.get("filename") or "")
     if not repo_id or not filename:
         raise HubError("a gguf entry needs repo_id and filename (or a local path)")
+    from_llm_bawt = llm_bawt_gguf_file(repo_id, filename)
+    if from_llm_bawt is not None:
+        _pull_tokenizer(values.get("tokenizer"))
+        return from_llm_bawt
     from huggingface_hub import hf_hub_download
 
     try:

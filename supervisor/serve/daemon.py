@@ -3,8 +3,11 @@
 It serves the control API on a Unix socket (0600) and the OpenAI gateway on TCP, adopts or
 stops what a previous daemon left behind, preloads the models marked `preload`, reloads the
 config on SIGHUP without touching instances whose entry did not change, and on SIGTERM
-stops every instance, verified gone, before it exits. Under systemd (Type=notify) it says
-READY=1 once its sockets are up and STOPPING=1 when shutdown begins.
+stops every instance, verified gone, before it exits (`bawt-vllm daemon stop`, over the control
+socket, takes the same way out). Under systemd (Type=notify) it says READY=1 once its sockets
+are up and STOPPING=1 when shutdown begins; with RuntimeDirectory= its control socket is in
+$RUNTIME_DIRECTORY, where the CLI finds the system service. Every lifecycle event of every
+model is one log line (eventlog), on the journal, a rotated file or stderr (logsetup).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config.loading import load_config
-from ..config.paths import control_socket
+from ..config.paths import daemon_control_socket
 from ..config.problems import ConfigError
 from ..config.schema import Config
 from ..config.urls import gateway_base_url
@@ -30,7 +34,9 @@ from ..control.server import ControlApi
 from ..runtime.pool import ConfigRejected, Pool
 from ..runtime.process import become_subreaper
 from ..runtime.statefile import StateDirLock
+from .eventlog import EventLog
 from .gateway import Gateway
+from .logsetup import setup_logging
 from .metrics import Metrics
 from .notify import notify_ready, notify_status, notify_stopping
 from .signals import SignalHub
@@ -43,7 +49,8 @@ class DaemonStartError(RuntimeError):
 
 
 def control_socket_path(config: Config) -> Path:
-    return control_socket(Path(config.settings.state_dir))
+    """Where this daemon binds its control socket ($RUNTIME_DIRECTORY under a unit that has one)."""
+    return daemon_control_socket(Path(config.settings.state_dir))
 
 
 class Daemon:
@@ -70,6 +77,7 @@ class Daemon:
         self.metrics = Metrics(self.pool.status)
         self.pool.subscribe(self.metrics.observe)
         self.pool.on_stop(self.metrics.observe_stop)
+        EventLog().attach(self.pool)
         try:
             # Sockets first: a taken gateway port fails the start before anything left by a
             # previous daemon is adopted or stopped.
@@ -106,7 +114,9 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # a stale socket of a dead daemon (the lock proves none runs)
         self._socket_path = socket_path
-        control = ControlApi(self.pool, gateway_url=self.gateway_url, reload=self.reload)
+        # `daemon stop` leaves the way SIGTERM does: the hub's shutdown event ends run().
+        control = ControlApi(self.pool, gateway_url=self.gateway_url, reload=self.reload,
+                             shutdown=self.hub.shutdown.set)
         control_runner = web.AppRunner(control.app(), handler_cancellation=True, access_log=None)
         await control_runner.setup()
         self._runners.append(control_runner)
@@ -126,7 +136,7 @@ class Daemon:
 
     def _preload(self, config: Config) -> None:
         for alias, entry in config.models.items():
-            if entry.preload:
+            if entry.starts_with_daemon:  # preload, or pinned
                 self._spawn(self._preload_one(alias))
 
     async def _preload_one(self, alias: str) -> None:
@@ -157,7 +167,10 @@ class Daemon:
             except (ConfigError, ConfigRejected) as error:
                 log.error("reload refused, keeping the running config:\n%s", error)
                 return [f"refused: {error}"]
-        log.info("config reloaded: %s", "; ".join(changes) or "no instance affected")
+        for change in changes:
+            log.info("config reloaded: %s", change)
+        if not changes:
+            log.info("config reloaded: no instance affected")
         notify_status(f"config reloaded at {time.strftime('%H:%M:%S')}")
         return changes
 
@@ -171,13 +184,12 @@ class Daemon:
     async def _shutdown(self) -> None:
         self.shutting_down = True
         notify_stopping("stopping every model")
-        log.info("shutting down: stopping every model")
+        if self.gateway_url:  # a start that failed before its sockets were up has nothing to say here
+            log.info("shutting down (%s): stopping every model", self._why_shutdown())
         for task in list(self._tasks):
             task.cancel()
         if hasattr(self, "pool"):
-            for result in await self.pool.close():
-                if result.was_running:
-                    log.info(result.summary())
+            await self.pool.close()  # each stop's proof is logged by the EventLog
         for runner in reversed(self._runners):
             await runner.cleanup()
         if self._socket_path is not None:
@@ -186,6 +198,11 @@ class Daemon:
         self.hub.uninstall()
         if self._lock is not None:
             self._lock.release()
+
+    def _why_shutdown(self) -> str:
+        if self.hub.received is not None:
+            return self.hub.received.name
+        return "`bawt-vllm daemon stop`" if self.hub.shutdown.is_set() else "an error"
 
 
 def _is_loopback(host: str) -> bool:
@@ -197,8 +214,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_daemon(config_path: Path | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def run_daemon(config_path: Path | None, log_file: Path | None = None) -> int:
+    """Run the daemon until it is stopped; the exit status. log_file: write the log there, rotated
+    (a daemon started in the background), instead of stderr (a terminal, the journal)."""
+    try:
+        setup_logging(log_file)
+    except OSError as error:
+        print(f"bawt-vllm daemon not started: cannot write its log {log_file}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
     try:
         return asyncio.run(Daemon(config_path).run())
     except (DaemonStartError, ConfigError) as error:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..catalog.entries import openai_entry_text
 from ..config.schema import Config
-from ..runtime.instance import Instance, StartFailed
+from ..runtime.failures import StartFailed
+from ..runtime.instance import Instance
 from ..runtime.pool import Pool
 from ..runtime.process import become_subreaper
 from ..runtime.statefile import StateDirLock

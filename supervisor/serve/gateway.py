@@ -8,8 +8,8 @@ abort the generation.
 
 What the gateway itself refuses or fails at is answered in OpenAI's error shape
 (`{"error": {"message", "type", "param", "code"}}`): an unknown URL or a path that would
-leave /v1/ after resolving `..` (a model's own /metrics and /version are reachable only
-as /upstream/{model}/metrics and /version, behind the gateway key), a body over
+leave /v1/ after resolving `..` (a model's own server is reachable only through the admin
+API's /upstream/{model}/..., see admin.py), a bad `keep_alive` (keepalive.py), a body over
 MAX_BODY_BYTES, a body or request head not received within
 READ_DEADLINE_S, bad JSON, shutdown, and upstream failures.
 """
@@ -27,17 +27,27 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from ..config.schema import Config
-from ..runtime.instance import Instance, StartFailed
+from ..runtime.failures import StartFailed
+from ..runtime.instance import Instance
 from ..runtime.placement import CapacityError
 from ..runtime.pool import PlacementFailed, Pool
+from .admin import AdminApi
+from .keepalive import KEEP_ALIVE, KeepAliveError, KeepAlives, parse_keep_alive
 from .metrics import Metrics
+from .replies import (
+    FORWARDED_REQUEST_HEADERS,
+    openai_error,
+    resolve_dots,
+    response_headers,
+    unknown_model,
+    upstream_url,
+)
 
 log = logging.getLogger("bawt_vllm.gateway")
 
@@ -55,18 +65,9 @@ READ_DEADLINE_S = 30.0
 ACCEPT_ERROR_LOG_INTERVAL_S = 60.0  # at most one warning this often while accept() runs out of descriptors
 UPSTREAM_ERROR_EXCERPT = 2000  # characters of a non-JSON upstream error kept in the message
 
-_FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": everything else in a path is percent-encoded
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _HTTP_ERROR_CODES = {400: "invalid_request", 404: "unknown_url", 405: "method_not_allowed",
                      408: "request_timeout", 413: "request_too_large"}
-
-
-def openai_error(status: int, message: str, *, type_: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
 
 
 class Gateway:
@@ -76,6 +77,7 @@ class Gateway:
         self._shutting_down = shutting_down
         self._session: aiohttp.ClientSession | None = None
         self._accept_errors: AcceptErrorLog | None = None
+        self._keep_alive = KeepAlives(pool)
 
     @property
     def config(self) -> Config:
@@ -90,7 +92,8 @@ class Gateway:
                               handler_args={"keepalive_timeout": READ_DEADLINE_S})
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
-        app.router.add_get("/upstream/{model}/{what:metrics|version}", self.upstream_info)
+        AdminApi(self.pool, send=self._send, read_body=_read_body, gateway_key=self._gateway_key,
+                 shutting_down=self._shutting_down).register(app)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy)
@@ -167,27 +170,6 @@ class Gateway:
     async def metrics_endpoint(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
-    async def upstream_info(self, request: web.Request) -> web.StreamResponse:
-        """A loaded model's own /metrics or /version, fetched with its instance key (behind the
-        gateway's key when one is set); never loads a model."""
-        alias = self.config.resolve(request.match_info["model"])
-        if alias is None:
-            return self._unknown_model(request.match_info["model"])
-        instance = self.pool.get(alias)
-        if instance is None or not self.pool.is_ready(alias):
-            return openai_error(409, f"{alias} is {self.pool.state_of(alias).value}, not ready: its vllm serve has "
-                                "nothing to show (this route never loads a model)", type_="invalid_request_error",
-                                code="model_not_loaded")
-        url = URL(instance.endpoint.removesuffix("/v1") + "/" + request.match_info["what"])
-        headers = {"Authorization": f"Bearer {instance.api_key}"} if instance.api_key else {}
-        try:
-            async with await self._send("GET", url, b"", headers) as upstream:
-                payload = await upstream.read()
-                return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream))
-        except (aiohttp.ClientError, TimeoutError) as error:
-            return openai_error(502, f"{alias}: upstream vllm serve failed: {error.__class__.__name__}: {error}",
-                                type_="server_error", code="upstream_error")
-
     def _model_card(self, alias: str) -> dict[str, Any]:
         entry = self.config.models[alias]
         return {
@@ -208,9 +190,7 @@ class Gateway:
 
     # -- routing ------------------------------------------------------------------------
     def _unknown_model(self, model: str) -> web.Response:
-        known = ", ".join(self.config.models) or "none configured"
-        return openai_error(404, f"model '{model}' does not exist; known models: {known}",
-                            type_="invalid_request_error", code="model_not_found")
+        return unknown_model(self.config, model)
 
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         if self._shutting_down():
@@ -222,19 +202,31 @@ class Gateway:
         model, payload, problem = _requested_model(request, body)
         if problem is not None:
             return openai_error(400, problem, type_="invalid_request_error", code="invalid_request")
+        try:
+            keep_alive = parse_keep_alive(payload[KEEP_ALIVE]) if payload and KEEP_ALIVE in payload else None
+        except KeepAliveError as error:
+            return openai_error(400, str(error), type_="invalid_request_error", code="invalid_request",
+                                param=KEEP_ALIVE)
         alias = self.config.resolve(model)
         if alias is None:
             self.metrics.errors.labels("(unknown)", "404").inc()  # never a label per made-up name
             return self._unknown_model(model)
         self.metrics.request(alias, path)
         body = self._with_served_name(alias, model, payload, body)
-        return await self._route(request, alias, path, body, streaming=bool(payload and payload.get("stream")))
+        try:
+            return await self._route(request, alias, path, body, streaming=bool(payload and payload.get("stream")))
+        finally:  # the request is no longer in flight: keep_alive 0 may unload the model now
+            if keep_alive is not None or self._keep_alive.pending:
+                self._keep_alive.after(alias, keep_alive)
 
     def _with_served_name(self, alias: str, model: str, payload: dict[str, Any] | None, body: bytes) -> bytes:
+        """The body as sent, unless its model is not the served name or it holds keep_alive (never sent)."""
         served = self.config.models[alias].served_name
-        if payload is None or model == served:
+        if payload is None or (model == served and KEEP_ALIVE not in payload):
             return body
-        return json.dumps({**payload, "model": served}).encode()
+        rewritten = {**payload, "model": served}
+        rewritten.pop(KEEP_ALIVE, None)
+        return json.dumps(rewritten).encode()
 
     async def _route(self, request: web.Request, alias: str, path: str, body: bytes, *,
                      streaming: bool) -> web.StreamResponse:
@@ -277,8 +269,8 @@ class Gateway:
 
     async def _forward(self, request: web.Request, instance: Instance, path: str, body: bytes,
                        early: Early, started: float) -> web.StreamResponse:
-        url = _upstream_url(instance.endpoint, path, request.rel_url.raw_query_string)
-        headers = {name: request.headers[name] for name in _FORWARDED_REQUEST_HEADERS if name in request.headers}
+        url = upstream_url(instance.endpoint, path, request.rel_url.raw_query_string)
+        headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
         if instance.api_key:
             headers["Authorization"] = f"Bearer {instance.api_key}"
         async with await self._send(request.method, url, body, headers) as upstream:
@@ -291,8 +283,8 @@ class Gateway:
             if not _is_stream(upstream):
                 payload = await upstream.read()
                 self.metrics.relayed(instance.alias, payload)
-                return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream))
-            response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
+                return web.Response(status=upstream.status, body=payload, headers=response_headers(upstream))
+            response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream))
             await response.prepare(request)
             return await self._relay(instance.alias, upstream, response, started)
 
@@ -365,29 +357,12 @@ class AcceptErrorLog:
 
 
 def _upstream_path(path: str) -> str | None:
-    """The decoded request path with `.` and `..` resolved, if it stays under /v1/; else None.
-
-    aiohttp routes on the path as sent (`/v1/../metrics` matches `/v1/{tail}`), while any
-    URL parser between here and vLLM would resolve the dots, so the path sent upstream is
-    the resolved one. Empty segments are dropped too.
-    """
-    segments: list[str] = []
-    for segment in path.split("/"):
-        if segment == "..":
-            if not segments:
-                return None
-            segments.pop()
-        elif segment not in ("", "."):
-            segments.append(segment)
-    if len(segments) < 2 or segments[0] != "v1":
+    """The decoded request path with `.` and `..` resolved (see resolve_dots), if it stays under
+    /v1/; else None. Empty segments are dropped too."""
+    segments = resolve_dots(path)
+    if segments is None or len(segments) < 2 or segments[0] != "v1":
         return None
     return "/" + "/".join(segments)
-
-
-def _upstream_url(endpoint: str, path: str, raw_query: str) -> URL:
-    """endpoint's origin + path (re-encoded, no dot segments) + the query exactly as sent."""
-    target = endpoint.removesuffix("/v1") + quote(path, safe=_PATH_SAFE)
-    return URL(f"{target}?{raw_query}" if raw_query else target, encoded=True)
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -445,10 +420,6 @@ def _is_stream(upstream: aiohttp.ClientResponse) -> bool:
     return upstream.headers.get("Content-Type", "").startswith("text/event-stream")
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
-
-
 def _openai_error_json(raw: bytes) -> dict[str, Any] | None:
     """raw parsed, if it is an OpenAI-shaped error object ({"error": {"message": ...}})."""
     try:
@@ -479,7 +450,7 @@ async def _upstream_error(alias: str, upstream: aiohttp.ClientResponse, early: E
     shaped = _openai_error_json(raw)
     if shaped is not None:
         if early is None:
-            return web.Response(status=upstream.status, body=raw, headers=_response_headers(upstream))
+            return web.Response(status=upstream.status, body=raw, headers=response_headers(upstream))
         with contextlib.suppress(ConnectionError):
             await early.write(f"data: {json.dumps(shaped)}\n\n".encode())
             await early.write_eof()

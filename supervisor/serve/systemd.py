@@ -3,7 +3,7 @@
 The unit text lives here, not only in the repository's systemd/ directory,
 because that directory is not part of the installed package. The checked-in
 systemd/*.service and systemd/bawt-vllm.env.example files are this module's
-output for the default paths; tests/test_systemd.py keeps them equal.
+output for the default paths; tests/serve/test_systemd.py keeps them equal.
 
 `install_service()` writes files and says which commands to run next; it
 never runs systemctl (or useradd) itself, so it can be shown to a user first
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.atomic import write_atomically
-from ..config.paths import config_home
+from ..config.paths import SYSTEM_CONFIG_PATH, config_home
 
 __all__ = [
     "DEFAULT_EXECUTABLE",
@@ -45,7 +45,7 @@ SERVICE_USER = "bawt-vllm"
 DEFAULT_EXECUTABLE = "/usr/local/bin/bawt-vllm"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEM_ENV_DIR = Path("/etc/bawt-vllm")
-SYSTEM_CONFIG = SYSTEM_ENV_DIR / "models.yaml"
+SYSTEM_CONFIG = SYSTEM_CONFIG_PATH  # also the last place the CLI looks for a models.yaml
 SYSTEM_ENV_FILE = str(SYSTEM_ENV_DIR / ENV_FILE_NAME)
 USER_ENV_FILE = f"%h/.config/{SERVICE_NAME}/{ENV_FILE_NAME}"  # %h: the user's home, expanded by systemd
 
@@ -80,7 +80,10 @@ TimeoutStopSec=60
 KillMode=control-group
 # vLLM opens many files and sockets per instance.
 LimitNOFILE=65536
-# Log lines reach the journal as they are written, not when a buffer fills.
+# Log lines reach the journal as they are written, not when a buffer fills. The
+# daemon sees $JOURNAL_STREAM and writes each line with its priority and without a
+# timestamp: `journalctl -u bawt-vllm -p warning` (--user for the user unit) shows
+# only what went wrong.
 Environment=PYTHONUNBUFFERED=1
 """
 
@@ -133,8 +136,9 @@ Group=bawt-vllm
 # default device mode is 0666, which needs nothing.
 #SupplementaryGroups=video render
 # Created for, and owned by, User= on every start: /var/lib/bawt-vllm (state),
-# /var/cache/bawt-vllm (model and compile caches), /run/bawt-vllm (runtime files;
-# systemd passes it as $RUNTIME_DIRECTORY).
+# /var/cache/bawt-vllm (model and compile caches), /run/bawt-vllm (systemd passes it
+# as $RUNTIME_DIRECTORY; the daemon puts its control socket there, where
+# `bawt-vllm ps`, `status` and `daemon stop` look when no daemon of their own answers).
 StateDirectory=bawt-vllm
 CacheDirectory=bawt-vllm
 RuntimeDirectory=bawt-vllm

@@ -123,6 +123,7 @@ def test_openai_entries_use_the_gateway_and_only_set_keys(config: Config) -> Non
         "base_url": "http://127.0.0.1:8411/v1",
         "tool_support": "none",
         "context_window": 4096,  # from max_model_len: llm-bawt would assume 128000 for type openai
+        "max_tokens": 1024,  # none set: min(4096, context_window // 4)
         MANAGED_KEY: MANAGED_VALUE,
     }
 

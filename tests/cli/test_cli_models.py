@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import alive, daemon_pid, free_port, stop_daemon
+from helpers import STANDIN_VLLM, alive, daemon_pid, free_port, stop_daemon
 from hub_standin import HubStandin, default_repos, hub_environment
 
 COMMENTED = """\
 # my models
 bawt_vllm:
   state_dir: {state}   # where logs go
+  vllm_executable: {vllm}   # config check looks for it
 models:
   gpt:                 # a hosted one, not ours
     type: openai
@@ -39,12 +40,13 @@ def hub(tmp_path):
 def test_add_search_keeps_comments_and_entries_write_is_idempotent(tmp_path, hub):
     _server, env = hub
     config = tmp_path / "models.yaml"
-    config.write_text(COMMENTED.format(state=tmp_path / "state"))
+    config.write_text(COMMENTED.format(state=tmp_path / "state", vllm=STANDIN_VLLM))
     added = cli("add", "--search", "qwen2.5 awq", "--yes", "--config", str(config), env=env)
     assert added.returncode == 0, added.stderr
     assert "added '" in added.stdout
     text = config.read_text()
-    assert text.startswith(COMMENTED.format(state=tmp_path / "state")), "the user's lines are untouched"
+    original = COMMENTED.format(state=tmp_path / "state", vllm=STANDIN_VLLM)
+    assert text.startswith(original), "the user's lines are untouched"
     alias = next(iter(set(yaml.safe_load(text)["models"]) - {"gpt"}))
     assert "awq" in alias
     check = cli("config", "check", "--config", str(config), env=env)
@@ -66,7 +68,7 @@ def test_add_search_keeps_comments_and_entries_write_is_idempotent(tmp_path, hub
 def test_add_unknown_repo_is_a_clear_error_and_writes_nothing(tmp_path, hub):
     _server, env = hub
     config = tmp_path / "models.yaml"
-    config.write_text(COMMENTED.format(state=tmp_path / "state"))
+    config.write_text(COMMENTED.format(state=tmp_path / "state", vllm=STANDIN_VLLM))
     before = config.read_text()
     result = cli("add", "nobody/nothing", "--yes", "--config", str(config), env=env)
     assert result.returncode == 1 and "nobody/nothing" in result.stderr

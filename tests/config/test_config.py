@@ -114,9 +114,30 @@ def test_nothing_found_lists_every_place_looked(tmp_path: Path) -> None:
     assert str(tmp_path / "xdg" / "llm-bawt" / "models.yaml") in message
 
 
-def test_check_config_reports_a_missing_file_instead_of_raising(tmp_path: Path) -> None:
+def test_the_system_services_file_is_the_last_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bawt_vllm.supervisor.config import paths
+
+    system = tmp_path / "etc" / "bawt-vllm" / "models.yaml"
+    monkeypatch.setattr(paths, "SYSTEM_CONFIG_PATH", system)
+    with pytest.raises(ConfigError) as caught:
+        find_config_path(None, lookup_env(tmp_path))
+    message = str(caught.value)
+    assert message.index("llm-bawt") < message.index(str(system)), message
+    assert f"{system}: does not exist (system service)" in message
+    write(system, "models: {}\n")
+    assert find_config_path(None, lookup_env(tmp_path)) == system
+    shared = write(tmp_path / "xdg" / "llm-bawt" / "models.yaml", "models: {}\n")
+    assert find_config_path(None, lookup_env(tmp_path)) == shared
+    assert find_config_path(None, lookup_env(tmp_path, BAWT_VLLM_CONFIG=str(system))) == system
+
+
+def test_check_config_reports_a_missing_file_instead_of_raising(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from bawt_vllm.supervisor.config import paths
+
+    monkeypatch.setattr(paths, "SYSTEM_CONFIG_PATH", tmp_path / "etc" / "models.yaml")
     problems = check_config(None, lookup_env(tmp_path))
-    assert len(problems) == 2
+    assert len(problems) == 3  # bawt-vllm's default, llm-bawt's, the system service's
     assert all("does not exist" in problem.message for problem in problems)
 
 
@@ -494,3 +515,16 @@ def test_one_resolver_names_a_model_by_alias_served_name_or_unique_source(tmp_pa
     assert config.resolve("org/chat") == "chat"
     assert config.resolve("org/shared") is None, "a model_id two entries share names neither"
     assert config.resolve("org/unknown") is None
+
+
+def test_pinned_implies_a_start_with_the_daemon_and_a_budget_needs_one_gpu() -> None:
+    from bawt_vllm.supervisor.config.schema import ModelEntry
+
+    def entry(**fields: Any) -> ModelEntry:
+        return ModelEntry(alias="m", model_id="org/m", tool_support="none", **fields)
+
+    assert entry(pinned=True).starts_with_daemon and entry(preload=True).starts_with_daemon
+    assert not entry().starts_with_daemon
+    assert entry(gpu_memory_utilization=0.4).gpu_budget == 0.4
+    assert entry(gpu_memory_utilization=0.4, tensor_parallel_size=2).gpu_budget is None
+    assert entry().gpu_budget is None

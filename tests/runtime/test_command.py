@@ -190,3 +190,10 @@ def test_an_entrys_own_access_log_flags_win(own: list[str]) -> None:
     argv = build(make_entry(extra_args=own), quiet_endpoints=("/health",)).argv
     assert argv.count("--disable-access-log-for-endpoints") == 0
     assert own[0] in argv
+
+
+def test_a_sleep_mode_entry_gets_vllms_sleep_flag_and_endpoints() -> None:
+    command = build(make_entry(sleep_level=1))
+    assert "--enable-sleep-mode" in command.argv and command.env["VLLM_SERVER_DEV_MODE"] == "1"
+    plain = build(make_entry())
+    assert "--enable-sleep-mode" not in plain.argv and "VLLM_SERVER_DEV_MODE" not in plain.env

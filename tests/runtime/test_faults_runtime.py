@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.runtime.instance import StartFailed
+from bawt_vllm.supervisor.runtime.failures import StartFailed
 from bawt_vllm.supervisor.runtime.pool import ConfigRejected, Pool, PoolClosed
 from bawt_vllm.supervisor.runtime.process import ProcessIdentity, ServeProcess
 from bawt_vllm.supervisor.runtime.statefile import InstanceRecord, StateStore

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.runtime.instance import StartFailed
+from bawt_vllm.supervisor.runtime.failures import StartFailed
 from bawt_vllm.supervisor.runtime.placement import CapacityError
 from bawt_vllm.supervisor.runtime.pool import Pool
 from bawt_vllm.supervisor.runtime.process import ProcessIdentity, ServeProcess
@@ -300,13 +300,40 @@ def _gpu(index: int, free_gib: float, total_gib: float = 80.0):
                    free_bytes=int(free_gib * GIB), processes=())
 
 
-def test_one_gpu_each_with_pci_order_and_a_clear_error_when_full(tmp_path):
+def test_two_budgeted_models_share_a_gpu_and_a_third_is_refused(tmp_path):
+    """gpu_memory_utilization is a budget: 0.4 + 0.4 fit on one GPU, a third 0.4 does not (nothing idle)."""
     from bawt_vllm.supervisor.runtime.gpus import StaticInventory
 
     models = {name: standin_entry(env={"FAKE_VLLM_ARGV_FILE": str(tmp_path / f"{name}.json")},
-                                  gpu_memory_utilization=0.5) for name in ("a", "b", "c")}
+                                  gpu_memory_utilization=0.4) for name in ("a", "b", "c")}
     path = write_models_yaml(tmp_path / "models.yaml", models, **standin_settings(tmp_path, eviction_wait_s=0.2))
-    pool = tracked(Pool(load_config(path), inventory=StaticInventory([_gpu(0, 79), _gpu(1, 70)])))
+    pool = tracked(Pool(load_config(path), inventory=StaticInventory([_gpu(0, 79)])))
+
+    async def scenario():
+        await pool.up("a", timeout=20)
+        await pool.up("b", timeout=20)
+        async with pool.serving("a"), pool.serving("b"):
+            with pytest.raises(CapacityError) as full:
+                await pool.up("c", timeout=20)
+        placements = {alias: pool.instances[alias].placement.gpus for alias in ("a", "b")}
+        await pool.close()
+        return placements, str(full.value)
+
+    placements, message = run(scenario())
+    assert placements == {"a": (0,), "b": (0,)}
+    seen = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b")}
+    assert seen["a"]["cuda_visible_devices"] == seen["b"]["cuda_visible_devices"] == "0"
+    assert "budgets 0.8 of 1 in use; c asks 0.4" in message, message
+
+
+def test_one_gpu_each_with_pci_order_and_a_clear_error_when_full(tmp_path):
+    """Without a gpu_memory_utilization an entry takes its GPU whole (vLLM's default 0.9 of it)."""
+    from bawt_vllm.supervisor.runtime.gpus import StaticInventory
+
+    models = {name: standin_entry(env={"FAKE_VLLM_ARGV_FILE": str(tmp_path / f"{name}.json")})
+              for name in ("a", "b", "c")}
+    path = write_models_yaml(tmp_path / "models.yaml", models, **standin_settings(tmp_path, eviction_wait_s=0.2))
+    pool = tracked(Pool(load_config(path), inventory=StaticInventory([_gpu(0, 79), _gpu(1, 75)])))
 
     async def scenario():
         await pool.up("a", timeout=20)

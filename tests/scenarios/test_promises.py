@@ -32,8 +32,9 @@ import pytest
 from aiohttp import web
 from bawt_vllm.supervisor.config.loading import load_config
 from bawt_vllm.supervisor.runtime import instance as instance_module
+from bawt_vllm.supervisor.runtime.failures import StartFailed
 from bawt_vllm.supervisor.runtime.gpus import GIB, GpuInfo, GpuInventory, GpuProcess, NoGpuInventory
-from bawt_vllm.supervisor.runtime.instance import Instance, StartFailed
+from bawt_vllm.supervisor.runtime.instance import Instance
 from bawt_vllm.supervisor.runtime.pool import Pool, PoolClosed
 from bawt_vllm.supervisor.runtime.process import ServeProcess
 from bawt_vllm.supervisor.runtime.statefile import StateStore
