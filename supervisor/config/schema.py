@@ -277,8 +277,8 @@ class Config:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, name: str) -> str | None:
-        """The alias a client's model name means: an alias, an entry's served name, or (when
-        exactly one entry has it) an entry's model_id or path, which llm-bawt sends.
+        """The alias a client's model name means: an alias, an entry's served name, or an entry's
+        model_id or path, which llm-bawt sends (several entries of one model: the first in the file).
 
         The one resolver: the gateway, the control socket and VLLMClient all name models through it.
         """
@@ -287,8 +287,7 @@ class Config:
         served = next((alias for alias, entry in self.models.items() if entry.served_name == name), None)
         if served is not None:
             return served
-        sources = [alias for alias, entry in self.models.items() if name in (entry.model_id, entry.path)]
-        return sources[0] if len(sources) == 1 else None
+        return next((alias for alias, entry in self.models.items() if name in (entry.model_id, entry.path)), None)
 
     def entry(self, alias: str) -> ModelEntry:
         try:

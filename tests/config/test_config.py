@@ -492,7 +492,7 @@ def test_tool_format_precedence(definition: dict[str, Any], expected: str) -> No
     assert get_tool_format(definition) == expected
 
 
-def test_one_resolver_names_a_model_by_alias_served_name_or_unique_source(tmp_path: Path) -> None:
+def test_one_resolver_names_a_model_by_alias_served_name_or_source(tmp_path: Path) -> None:
     """The gateway, the control socket and VLLMClient resolve names here: llm-bawt sends model_id."""
     config = load_config(models_file(tmp_path, """
         models:
@@ -513,7 +513,7 @@ def test_one_resolver_names_a_model_by_alias_served_name_or_unique_source(tmp_pa
     assert config.resolve("chat") == "chat"
     assert config.resolve("chat-served") == "chat"
     assert config.resolve("org/chat") == "chat"
-    assert config.resolve("org/shared") is None, "a model_id two entries share names neither"
+    assert config.resolve("org/shared") == "chat-long", "a model_id two entries share names the first in the file"
     assert config.resolve("org/unknown") is None
 
 
