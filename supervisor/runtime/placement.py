@@ -135,3 +135,13 @@ def idle_expired(occupants: Sequence[Occupant], ttl_of: Callable[[str], float | 
         if ttl and idle and now - occupant.last_used > ttl:
             expired.append(occupant.alias)
     return expired
+
+
+def budgets_by_gpu(occupants: Sequence[Occupant]) -> dict[int, dict[str, float | None]]:
+    """GPU index -> {alias: its share now (None: the whole GPU)} for every occupant holding it."""
+    use: dict[int, dict[str, float | None]] = {}
+    for occupant in occupants:
+        if occupant.holds_resources:
+            for gpu in occupant.gpus:
+                use.setdefault(gpu, {})[occupant.alias] = occupant.gpu_share
+    return use

@@ -28,6 +28,7 @@ from .placement import (
     CapacityError,
     Occupant,
     Placement,
+    budgets_by_gpu,
     choose_slot,
     evictable_later,
     eviction_candidate,
@@ -366,12 +367,7 @@ class Pool:
 
     def gpu_budgets(self) -> dict[int, dict[str, float | None]]:
         """GPU index -> {alias: its budget (None: the whole GPU)} for every instance holding it."""
-        use: dict[int, dict[str, float | None]] = {}
-        for occupant in self._occupants():
-            if occupant.holds_resources:
-                for gpu in occupant.gpus:
-                    use.setdefault(gpu, {})[occupant.alias] = occupant.gpu_share
-        return use
+        return budgets_by_gpu(self._occupants())
 
     def _configured_ttl(self, alias: str) -> float | None:
         """alias's idle TTL as configured: its entry's, else the global one (None: never)."""
