@@ -63,7 +63,12 @@ def _duration_s(text: str) -> float:
 
 class KeepAlives:
     """What requests' keep_alive asked of one pool: unloads after the last request in flight
-    (here), and idle TTL overrides (the pool's `keep_alive`)."""
+    (here), and idle TTL overrides (the pool's `keep_alive`).
+
+    Known race: the unload starts in the background once no request is in flight; a request that
+    reaches the instance in the moment before its stop begins is cut off (a 502, or an SSE error
+    event). Requests that arrive after the stop began wait and start the model again. Closing it
+    needs an unload-when-idle inside the pool's own lock."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
