@@ -38,6 +38,7 @@ from ..runtime.instance import Instance
 from ..runtime.placement import CapacityError
 from ..runtime.pool import PlacementFailed, Pool
 from .admin import AdminApi
+from .dashboard import Dashboard, is_public
 from .keepalive import KEEP_ALIVE, KeepAliveError, KeepAlives, parse_keep_alive
 from .metrics import Metrics
 from .replies import (
@@ -94,6 +95,7 @@ class Gateway:
         app.router.add_get("/metrics", self.metrics_endpoint)
         AdminApi(self.pool, send=self._send, read_body=_read_body, gateway_key=self._gateway_key,
                  shutting_down=self._shutting_down).register(app)
+        Dashboard(self.pool, gateway_key=self._gateway_key).register(app)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/v1/models/{model:.+}", self.get_model)
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy)
@@ -153,7 +155,7 @@ class Gateway:
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         key = self._gateway_key()
-        if key and request.path != "/health":
+        if key and request.path != "/health" and not is_public(request.path):
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), key.encode()):
                 return openai_error(401, "missing or wrong API key: send 'Authorization: Bearer <key>' "
