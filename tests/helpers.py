@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +96,16 @@ def kill_pool_leftovers() -> None:
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(member.pid, 0)
     _POOLS.clear()
+
+
+@contextlib.asynccontextmanager
+async def gateway_serving(gateway: Any) -> AsyncIterator[tuple[str, int]]:
+    """A Gateway started on 127.0.0.1 as the daemon starts it, closed afterwards: (base URL, port)."""
+    try:
+        await gateway.start("127.0.0.1", 0)
+        yield f"http://127.0.0.1:{gateway.port}", gateway.port
+    finally:
+        await gateway.close()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -60,6 +60,7 @@ class Daemon:
         self.shutting_down = False
         self.gateway_url = ""
         self._runners: list[web.AppRunner] = []
+        self._gateway: Gateway | None = None
         self._lock: StateDirLock | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._socket_path: Path | None = None  # the socket this daemon bound, the only one it removes
@@ -96,13 +97,9 @@ class Daemon:
 
     async def _serve(self, config: Config) -> None:
         gateway = Gateway(self.pool, self.metrics, shutting_down=lambda: self.shutting_down)
-        gateway_runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
-        await gateway_runner.setup()
-        self._runners.append(gateway_runner)
-        site = web.TCPSite(gateway_runner, config.settings.gateway_host, config.settings.gateway_port,
-                           reuse_address=True)
+        self._gateway = gateway
         try:
-            await site.start()
+            await gateway.start(config.settings.gateway_host, config.settings.gateway_port)
         except OSError as error:
             raise DaemonStartError(
                 f"the gateway cannot listen on {config.settings.gateway_host}:{config.settings.gateway_port}: "
@@ -192,6 +189,8 @@ class Daemon:
             await self.pool.close()  # each stop's proof is logged by the EventLog
         for runner in reversed(self._runners):
             await runner.cleanup()
+        if self._gateway is not None:
+            await self._gateway.close()
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()

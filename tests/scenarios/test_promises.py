@@ -29,7 +29,6 @@ import aiohttp
 import openai
 import psutil
 import pytest
-from aiohttp import web
 from bawt_vllm.supervisor.config.loading import load_config
 from bawt_vllm.supervisor.runtime import instance as instance_module
 from bawt_vllm.supervisor.runtime.failures import StartFailed
@@ -41,7 +40,16 @@ from bawt_vllm.supervisor.runtime.statefile import StateStore
 from bawt_vllm.supervisor.runtime.states import State
 from bawt_vllm.supervisor.serve.gateway import Gateway
 from bawt_vllm.supervisor.serve.metrics import Metrics
-from helpers import STANDIN_VLLM, alive, run, standin_entry, standin_settings, tracked, write_models_yaml
+from helpers import (
+    STANDIN_VLLM,
+    alive,
+    gateway_serving,
+    run,
+    standin_entry,
+    standin_settings,
+    tracked,
+    write_models_yaml,
+)
 
 # -- the stand-in, wrapped with the faults it has no mode for -----------------------------------
 WRAPPER_BODY = r'''
@@ -208,13 +216,8 @@ def ever(instance: Instance, state: State) -> bool:
 async def gateway_for(pool: Pool, shutting_down: Callable[[], bool] = lambda: False) -> AsyncIterator[str]:
     """The daemon's gateway over pool, in this process: its /v1 base URL."""
     gateway = Gateway(pool, Metrics(pool.status), shutting_down=shutting_down)
-    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    async with gateway_serving(gateway) as (base, _):
+        yield f"{base}/v1"
 
 
 def client(base_url: str, key: str = "unused") -> openai.AsyncOpenAI:

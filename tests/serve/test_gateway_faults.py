@@ -13,155 +13,29 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from bawt_vllm.supervisor.config.loading import load_config
-from bawt_vllm.supervisor.config.schema import Config
-from bawt_vllm.supervisor.runtime.pool import Pool
-from bawt_vllm.supervisor.runtime.states import State
-from bawt_vllm.supervisor.serve import gateway as gateway_module
+from bawt_vllm.supervisor.serve import front as front_module
 from bawt_vllm.supervisor.serve.gateway import Gateway
 from bawt_vllm.supervisor.serve.metrics import Metrics
-from helpers import LineReader, run, standin_entry, standin_settings, wait_until, write_models_yaml
-
-MiB = 1024 * 1024
-Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# -- an upstream that records what reaches it --------------------------------------------
-@dataclass
-class Upstream:
-    """vllm serve's HTTP side, in process: records each request's raw path, answers on cue."""
-
-    seen: list[str] = field(default_factory=list)
-    answer: Answer | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
-        self.seen.append(request.raw_path)
-        if self.answer is not None:
-            return await self.answer(request)
-        return web.json_response({"object": "completion", "path": request.path, "query": request.query_string})
-
-
-@dataclass
-class Remote:
-    """What Pool.up returns, as far as the gateway looks: an instance served by Upstream."""
-
-    alias: str
-    endpoint: str
-    api_key: str | None = None
-    state: State = State.READY
-    stage: str | None = None
-
-
-class UpstreamPool(Pool):
-    """A real Pool (config, serving, is_ready, state_of) whose up() hands out Upstream-served instances.
-
-    register=False keeps them out of the pool's own table, so only up()'s return value leads there.
-    """
-
-    def __init__(self, config: Config, endpoint: str, *, register: bool = True) -> None:
-        super().__init__(config)
-        self.endpoint = endpoint
-        self.register = register
-
-    async def up(self, alias: str, *, wait: bool = True, timeout: float | None = None) -> Any:
-        self.config.entry(alias)
-        remote = Remote(alias, self.endpoint)
-        if self.register:
-            self._instances[alias] = remote  # type: ignore[assignment]
-        return remote
-
-
-def standin_config(tmp_path: Path) -> Config:
-    models = {"m": standin_entry(), "aliased": standin_entry(served_model_name="served-name")}
-    return load_config(write_models_yaml(tmp_path / "models.yaml", models, **standin_settings(tmp_path)))
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[tuple[str, int]]:
-    """app on 127.0.0.1 with the daemon's runner settings: (base URL, port)."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def gateway_over(tmp_path: Path, upstream: Upstream | None = None, *, register: bool = True,
-                       shutting_down: Callable[[], bool] = lambda: False) -> AsyncIterator[tuple[str, int]]:
-    """A gateway in front of an UpstreamPool served by upstream: (gateway base URL, port)."""
-    upstream_app = web.Application(client_max_size=64 * MiB)
-    upstream_app.router.add_route("*", "/{tail:.*}", (upstream or Upstream()).handle)
-    async with serving(upstream_app) as (upstream_url, _):
-        pool = UpstreamPool(standin_config(tmp_path), f"{upstream_url}/v1", register=register)
-        gateway = Gateway(pool, Metrics(pool.status), shutting_down=shutting_down)
-        async with serving(gateway.app()) as served:
-            yield served
-
-
-# -- raw HTTP, for what a client library would normalise or refuse to send -------------------
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def head(method: str, target: str, *, length: int | None = None, extra: str = "") -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", "Host: gateway", "Connection: close", "Content-Type: application/json"]
-    if length is not None:
-        lines.append(f"Content-Length: {length}")
-    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
-
-
-async def exchange(port: int, data: bytes, timeout: float = 10) -> Reply:
-    """Send data as is on a fresh connection; the response (to its Content-Length, else its end)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(read_reply(reader), timeout)
-    finally:
-        writer.close()
-
-
-async def read_reply(reader: asyncio.StreamReader) -> Reply:
-    top = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    status_line, *header_lines = top.strip().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    length = headers.get("Content-Length")
-    body = await (reader.readexactly(int(length)) if length is not None else reader.read())
-    return Reply(int(status_line.split()[1]), headers, body)
-
-
-def assert_openai_error(reply: Reply, status: int, code: str | None = None) -> dict[str, Any]:
-    assert reply.status == status, (reply.status, reply.body[:300])
-    assert reply.headers.get("Content-Type", "").startswith("application/json"), reply.headers
-    error = reply.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"], error
-    if code is not None:
-        assert error["code"] == code, error
-    return error
-
-
-def completion(model: str = "m", **extra: Any) -> bytes:
-    return json.dumps({"model": model, "prompt": "x", **extra}).encode()
-
+from gateway_harness import (
+    MiB,
+    Reply,
+    Upstream,
+    UpstreamPool,
+    assert_openai_error,
+    completion,
+    exchange,
+    gateway_over,
+    head,
+    read_reply,
+    serving,
+    standin_config,
+)
+from helpers import LineReader, gateway_serving, run, standin_entry, standin_settings, wait_until, write_models_yaml
 
 # -- 1. paths -------------------------------------------------------------------------------
 ESCAPES = ["/v1/../metrics", "/v1/%2e%2e/metrics", "/v1/%2E%2E/version", "/v1/./../metrics",
@@ -304,7 +178,7 @@ def test_an_unreachable_upstream_is_a_502(tmp_path):
         async with serving(web.Application()) as (gone, _):
             pool = UpstreamPool(standin_config(tmp_path), f"{gone}/v1")
         gateway = Gateway(pool, Metrics(pool.status), shutting_down=lambda: False)  # its upstream port is closed now
-        async with serving(gateway.app()) as (_, port):
+        async with gateway_serving(gateway) as (_, port):
             return await exchange(port, head("POST", "/v1/completions", length=len(completion())) + completion())
 
     error = assert_openai_error(run(scenario()), 502, "upstream_error")
@@ -341,7 +215,7 @@ def test_the_gateway_forwards_to_the_instance_pool_up_returned(tmp_path):
 # -- 3. slow and stuck clients -----------------------------------------------------------------
 def test_connections_stuck_in_a_request_head_are_closed_at_the_deadline(tmp_path, monkeypatch):
     deadline = 0.5
-    monkeypatch.setattr(gateway_module, "READ_DEADLINE_S", deadline, raising=False)
+    monkeypatch.setattr(front_module, "READ_DEADLINE_S", deadline, raising=False)
     partial = [b"GET /v1/mod", b"POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Ty", b""]
 
     async def closed_after(port: int, first: bytes | None, data: bytes) -> float:
@@ -379,7 +253,7 @@ def test_connections_stuck_in_a_request_head_are_closed_at_the_deadline(tmp_path
 
 
 def test_a_body_that_stops_arriving_is_answered_408(tmp_path, monkeypatch):
-    monkeypatch.setattr(gateway_module, "READ_DEADLINE_S", 0.5, raising=False)
+    monkeypatch.setattr(front_module, "READ_DEADLINE_S", 0.5, raising=False)
     upstream = Upstream()
 
     async def scenario() -> Reply:
@@ -402,12 +276,10 @@ from bawt_vllm.supervisor.runtime.pool import Pool
 
 async def main():
     pool = Pool(load_config(sys.argv[1]))
-    runner = web.AppRunner(Gateway(pool, Metrics(pool.status), shutting_down=lambda: False).app(),
-                           handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    gateway = Gateway(pool, Metrics(pool.status), shutting_down=lambda: False)
+    await gateway.start("127.0.0.1", 0)
     resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    print("port", runner.addresses[0][1], flush=True)
+    print("port", gateway.port, flush=True)
     await asyncio.Event().wait()
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s", stream=sys.stdout)
