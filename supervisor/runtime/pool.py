@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +38,7 @@ from .placement import (
 from .ports import PortAllocator
 from .process import ServeProcess
 from .recovery import RecoveryReport, is_adoptable, leftover_tree, stop_leftover
+from .serving import Serving
 from .sleepmode import SleepFailed
 from .statefile import InstanceRecord, StateStore
 from .states import LIVE_STATES, Event, EventKind, State
@@ -117,12 +118,10 @@ class Pool:
         return find_log(self.log_dir, alias, start)
 
     def is_ready(self, alias: str) -> bool:
-        instance = self._instances.get(alias)
-        return instance is not None and instance.state is State.READY
+        return self.state_of(alias) is State.READY
 
     def state_of(self, alias: str) -> State:
-        instance = self._instances.get(alias)
-        return State.STOPPED if instance is None else instance.state
+        return self._instances[alias].state if alias in self._instances else State.STOPPED
 
     def progress(self, alias: str) -> str:
         """What a load of alias is doing now, for people: its stage, else its state, else 'placing'."""
@@ -130,18 +129,22 @@ class Pool:
         return (instance.stage or instance.state.value) if instance else "placing"
 
     # -- serving requests ------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def serving(self, alias: str, *, on_wait: Callable[[str], Awaitable[None]] | None = None,
-                      wait_tick_s: float = 2.0) -> AsyncIterator[Instance]:
-        """The ready instance of alias for one request, loaded on demand (llama-swap's EnsureReady).
+    def serving(self, alias: str, *, on_wait: Callable[[str], Awaitable[None]] | None = None,
+                wait_tick_s: float = 2.0) -> Serving:
+        """`async with` it: alias's ready instance for one request, loaded on demand (EnsureReady).
 
         The request counts as in flight from the first moment (so the instance is neither
         evicted nor idle-unloaded under it) until the block ends. While a load goes on,
         on_wait (if given) is called every wait_tick_s with what the load is doing.
         Raises CapacityError, StartFailed, or PlacementFailed for anything else.
         """
-        async with self.usage.in_flight(alias):
-            yield await self._ready_for_request(alias, on_wait, wait_tick_s)
+        return Serving(self.usage, alias, self._ready_now,
+                       lambda name: self._ready_for_request(name, on_wait, wait_tick_s))
+
+    def _ready_now(self, alias: str) -> Instance | None:
+        """alias's instance if it serves as it is (the common case: no task, no lock); else None."""
+        serves = self.is_ready(alias) and not self._closing and alias in self.config.models
+        return self._instances[alias] if serves else None
 
     async def _ready_for_request(self, alias: str, on_wait: Callable[[str], Awaitable[None]] | None,
                                  wait_tick_s: float) -> Instance:

@@ -8,9 +8,8 @@ read it here, and a load waiting for a busy model to finish waits on `wait_for_r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -29,21 +28,23 @@ class UsageBook:
         self._usage: dict[str, Usage] = {}
         self._keep_alive: dict[str, float | None] = {}  # alias -> idle TTL a request asked for
         self._released = asyncio.Condition()
+        self._waiting = 0  # loads in wait_for_release: a request's end notifies only when some wait
 
     def of(self, alias: str) -> Usage:
         return self._usage.setdefault(alias, Usage())
 
-    @contextlib.asynccontextmanager
-    async def in_flight(self, alias: str) -> AsyncIterator[Usage]:
-        """Count one request of alias while the block runs; its end is a use, and wakes waiters."""
+    def begin(self, alias: str) -> None:
+        """One more request of alias in flight."""
         usage = self.of(alias)
         usage.in_flight += 1
         usage.requests += 1
-        try:
-            yield usage
-        finally:
-            usage.in_flight -= 1
-            usage.last_used = time.monotonic()
+
+    async def end(self, alias: str) -> None:
+        """A request of alias is done: its end is a use, and wakes loads waiting for one."""
+        usage = self.of(alias)
+        usage.in_flight -= 1
+        usage.last_used = time.monotonic()
+        if self._waiting:
             await self.wake_waiters()
 
     async def wake_waiters(self) -> None:
@@ -55,11 +56,14 @@ class UsageBook:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        async with self._released:
-            try:
+        self._waiting += 1
+        try:
+            async with self._released:
                 await asyncio.wait_for(self._released.wait(), remaining)
-            except TimeoutError:
-                return False
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1
         return True
 
     def ready_now(self, alias: str) -> None:

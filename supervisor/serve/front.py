@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -68,6 +68,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
+        self._overdue: Callable[[], None] | None = None
         self._queue: collections.deque[Request] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -88,8 +90,7 @@ class Connection(asyncio.Protocol):
 
     # -- the connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
         self._arm(self._head_overdue)
 
     def data_received(self, data: bytes) -> None:
@@ -109,6 +110,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._disarm()
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._task is not None:
             self._task.cancel()
         if self._drained is not None and not self._drained.done():
@@ -126,23 +129,33 @@ class Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    # -- deadlines --------------------------------------------------------------------------
+    # -- deadlines ----------------------------------------------------------------------------
+    # One timer per connection, re-aimed rather than replaced: arming for each request costs an
+    # assignment, and the timer, when it fires early, sets itself for the deadline now in force.
     def _arm(self, overdue: Callable[[], None]) -> None:
-        self._disarm()
-        self._deadline = self._loop.call_later(READ_DEADLINE_S, overdue)
+        self._overdue = overdue
+        self._deadline_at = self._loop.time() + READ_DEADLINE_S
+        if self._deadline is None:
+            self._deadline = self._loop.call_at(self._deadline_at, self._check_deadline)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._overdue = None
+
+    def _check_deadline(self) -> None:
+        self._deadline = None
+        if self._overdue is None or self._closing:
+            return
+        if self._loop.time() < self._deadline_at:
+            self._deadline = self._loop.call_at(self._deadline_at, self._check_deadline)
+            return
+        overdue, self._overdue = self._overdue, None
+        overdue()
 
     def _head_overdue(self) -> None:
-        self._deadline = None
         if self._task is None and self.transport is not None:
             self.transport.close()  # nothing to answer: a head that never came
 
     def _body_overdue(self) -> None:
-        self._deadline = None
         self._refuse(408, f"the request body did not arrive within {READ_DEADLINE_S:g} s", "request_timeout")
 
     # -- the parser's callbacks -------------------------------------------------------------
@@ -186,7 +199,7 @@ class Connection(asyncio.Protocol):
             return
         target = bytes(self._url)
         url = httptools.parse_url(target)
-        request = Request(method=self._parser.get_method(), target=target, path=unquote(url.path.decode("latin-1")),
+        request = Request(method=self._parser.get_method(), target=target, path=_decoded(url.path),
                           query=url.query or b"", version=self._parser.get_http_version().encode(),
                           headers=self._headers, body=b"".join(self._body), keep_alive=self._parser.should_keep_alive())
         self._queue.append(request)
@@ -310,6 +323,11 @@ class Connection(asyncio.Protocol):
     @property
     def gone(self) -> bool:
         return self._closing or self.transport is None or self.transport.is_closing()
+
+
+def _decoded(path: bytes) -> str:
+    text = path.decode("latin-1")
+    return unquote(text) if "%" in text else text
 
 
 async def listen(dispatch: Dispatch, host: str, port: int) -> asyncio.Server:

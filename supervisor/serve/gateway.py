@@ -101,8 +101,10 @@ class Gateway:
 
     async def dispatch(self, request: Request, out: Connection) -> None:
         """The OpenAI API (not its model list) to the proxy; every other request to the app."""
-        if request.path.startswith("/v1/"):
-            segments = resolve_dots(request.path)
+        path = request.path
+        if path.startswith("/v1/"):
+            plain = "/." not in path and "//" not in path and path[-1] != "/"  # the common case: as it is
+            segments = path[1:].split("/") if plain else resolve_dots(path)
             if not (segments and len(segments) >= 2 and segments[:2] == ["v1", "models"]):
                 await self.proxy.handle(request, out, segments)
                 return

@@ -85,6 +85,14 @@ class Metrics:
         self.prompt_tokens = Counter("bawt_vllm_prompt_tokens", "Prompt tokens, from the usage vLLM reports",
                                      ["model"], registry=r)
         self._launched_at: dict[str, float] = {}
+        self._series: dict[str, ModelSeries] = {}
+
+    def model(self, alias: str) -> ModelSeries:
+        """alias's per-request series, looked up once (labels() costs a lock and a hash per call)."""
+        series = self._series.get(alias)
+        if series is None:
+            series = self._series[alias] = ModelSeries(self, alias)
+        return series
 
     def observe(self, instance: Instance, event: Event) -> None:
         """An instance listener: turns lifecycle events into counters."""
@@ -107,18 +115,46 @@ class Metrics:
 
     def request(self, alias: str, path: str) -> None:
         """Count a routed request; path is the upstream path (/v1/...)."""
-        route = path.removeprefix("/v1/")
-        self.requests.labels(alias, route if route in ROUTES else "other").inc()
+        self.model(alias).request(path)
 
     def relayed(self, alias: str, chunk: bytes) -> None:
         """Count what a relayed response chunk carries: stream events and reported usage."""
-        events = chunk.count(b"data: ") - chunk.count(b"data: [DONE]")
-        if events > 0:
-            self.stream_events.labels(alias).inc(events)
-        if b'"completion_tokens"' in chunk:
-            for kind, count in _USAGE.findall(chunk):
-                counter = self.completion_tokens if kind == b"completion" else self.prompt_tokens
-                counter.labels(alias).inc(int(count))
+        self.model(alias).relayed(chunk)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelSeries:
+    """One model's per-request series, their label children resolved once."""
+
+    __slots__ = ("_alias", "_completion", "_events", "_prompt", "_requests", "_routes", "first_token", "latency")
+
+    def __init__(self, metrics: Metrics, alias: str) -> None:
+        self.latency = metrics.latency.labels(alias)
+        self.first_token = metrics.first_token.labels(alias)
+        self._events = metrics.stream_events.labels(alias)
+        self._completion = metrics.completion_tokens.labels(alias)
+        self._prompt = metrics.prompt_tokens.labels(alias)
+        self._requests = metrics.requests
+        self._alias = alias
+        self._routes: dict[str, Any] = {}
+
+    def request(self, path: str) -> None:
+        counter = self._routes.get(path)
+        if counter is None:
+            route = path.removeprefix("/v1/")
+            counter = self._requests.labels(self._alias, route if route in ROUTES else "other")
+            if len(self._routes) < 64:  # paths are the client's: remember only a few
+                self._routes[path] = counter
+        counter.inc()
+
+    def relayed(self, chunk: bytes, *, stream: bool = True) -> None:
+        """Count what a relayed response chunk carries: stream events and reported usage."""
+        if stream:
+            events = chunk.count(b"data: ") - chunk.count(b"data: [DONE]")
+            if events > 0:
+                self._events.inc(events)
+        if b'"completion_tokens"' in chunk:
+            for kind, count in _USAGE.findall(chunk):
+                (self._completion if kind == b"completion" else self._prompt).inc(int(count))

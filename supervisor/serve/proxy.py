@@ -17,6 +17,7 @@ plain-text 500, a framework's {"detail": ...}) is wrapped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import time
@@ -32,7 +33,7 @@ from ..runtime.pool import PlacementFailed, Pool
 from . import wire
 from .front import Connection, Request
 from .keepalive import KEEP_ALIVE, KeepAliveError, KeepAlives, parse_keep_alive
-from .metrics import Metrics
+from .metrics import Metrics, ModelSeries
 from .upstream import Address, Mode, UpstreamClosed, UpstreamError, UpstreamPool
 from .wire import Headers
 
@@ -152,9 +153,9 @@ class Proxy:
     async def _forward(self, request: Request, out: Connection, instance: Instance, path: str, body: bytes,
                        early: bool, started: float) -> None:
         head = _upstream_head(request, instance, path, len(body))
-        sink = _Relay(self.metrics, instance.alias, out, early, started)
+        sink = _Relay(self.metrics.model(instance.alias), out, early, started)
         try:
-            response = await self.upstream.exchange(_address(instance), head + body, sink,
+            response = await self.upstream.exchange(_origin(instance.endpoint)[0], head + body, sink,
                                                     head_only=request.method == b"HEAD")
         except UpstreamError as error:
             self._broken(out, instance.alias, sink, error)
@@ -186,11 +187,10 @@ class _Relay:
     """The upstream response's way to the client: as framed (RAW), re-chunked into the SSE
     stream already open (BODY), or kept whole when it is an error (COLLECT)."""
 
-    __slots__ = ("alias", "collecting", "early", "metrics", "out", "relayed", "started", "streamed")
+    __slots__ = ("collecting", "early", "out", "relayed", "series", "started", "streamed")
 
-    def __init__(self, metrics: Metrics, alias: str, out: Connection, early: bool, started: float) -> None:
-        self.metrics = metrics
-        self.alias = alias
+    def __init__(self, series: ModelSeries, out: Connection, early: bool, started: float) -> None:
+        self.series = series
         self.out = out
         self.early = early
         self.started = started
@@ -202,7 +202,7 @@ class _Relay:
         self.out.link(transport)
 
     def head(self, status: int, headers: Headers) -> Mode:
-        self.metrics.latency.labels(self.alias).observe(time.perf_counter() - self.started)
+        self.series.latency.observe(time.perf_counter() - self.started)
         if status >= 400:
             self.collecting = True
             return Mode.COLLECT
@@ -216,35 +216,42 @@ class _Relay:
 
     def raw(self, data: bytes) -> None:
         self.relayed = True
-        self.metrics.relayed(self.alias, data)
+        self.series.relayed(data, stream=self.streamed)
         self.out.write(data)
 
     def first_body(self) -> None:
         if self.streamed:
-            self.metrics.first_token.labels(self.alias).observe(time.perf_counter() - self.started)
+            self.series.first_token.observe(time.perf_counter() - self.started)
 
     def body(self, data: bytes) -> None:
         self.relayed = True
-        self.metrics.relayed(self.alias, data)
+        self.series.relayed(data)
         self.out.stream(data)
 
 
-def _address(instance: Instance) -> Address:
-    host, _, port = instance.endpoint.removeprefix("http://").removesuffix("/v1").rpartition(":")
-    return Address(host.strip("[]"), int(port))
+@functools.lru_cache(maxsize=64)
+def _origin(endpoint: str) -> tuple[Address, bytes]:
+    """An instance endpoint's address, and its Host header."""
+    authority = endpoint.removeprefix("http://").removesuffix("/v1")
+    host, _, port = authority.rpartition(":")
+    return Address(host.strip("[]"), int(port)), authority.encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded(path: str) -> bytes:
+    return quote(path, safe=_PATH_SAFE).encode()
 
 
 def _upstream_head(request: Request, instance: Instance, path: str, length: int) -> bytes:
     """The request line (path re-encoded without dot segments, the query as sent) and the
     headers vLLM needs; the instance's own key, never the client's."""
-    target = quote(path, safe=_PATH_SAFE).encode()
+    target = _encoded(path)
     if request.query:
         target += b"?" + request.query
     headers = [(name, value) for name, value in request.headers if name in FORWARDED_REQUEST_HEADERS]
     if instance.api_key:
         headers.append((b"authorization", b"Bearer " + instance.api_key.encode()))
-    host = instance.endpoint.removeprefix("http://").removesuffix("/v1").encode()
-    return wire.request_head(request.method, target, request.version, host, headers, length)
+    return wire.request_head(request.method, target, request.version, _origin(instance.endpoint)[1], headers, length)
 
 
 def _requested_model(request: Request) -> tuple[str, dict[str, Any] | None, str | None]:

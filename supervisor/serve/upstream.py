@@ -14,7 +14,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -94,6 +94,7 @@ class _Exchange:
         "done",
         "head_only",
         "headers",
+        "keep_alive",
         "mode",
         "parser",
         "parts",
@@ -119,6 +120,7 @@ class _Exchange:
         self.close_delimited = False
         self.chunked = False
         self.chunk_open = False
+        self.keep_alive = False  # read at the message's end: llhttp forgets it once the message is done
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -155,6 +157,7 @@ class _Exchange:
     def on_message_complete(self) -> None:
         if self.status:  # not an interim response
             self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()
 
     def response(self) -> Response:
         return Response(self.status, self.headers, b"".join(self.parts))
@@ -170,8 +173,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -194,7 +196,7 @@ class _Connection(asyncio.Protocol):
         elif mode is None:
             exchange.pending += data
         if exchange.complete:
-            self._finish(exchange, keep=exchange.parser.should_keep_alive() and not exchange.head_only)
+            self._finish(exchange, keep=exchange.keep_alive and not exchange.head_only)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

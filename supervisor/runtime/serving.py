@@ -1,0 +1,39 @@
+"""One request's hold on a model, as `Pool.serving` hands it out.
+
+A class, not a generator-based context manager: it runs once per request on the gateway's
+hot path, where the ready case must cost no task, no lock and no generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .instance import Instance
+from .usage import UsageBook
+
+
+class Serving:
+    """Counts the request in flight from the first moment until the block ends, and enters
+    with the ready instance: the one there is, else what load returns."""
+
+    __slots__ = ("_alias", "_load", "_ready_now", "_usage")
+
+    def __init__(self, usage: UsageBook, alias: str, ready_now: Callable[[str], Instance | None],
+                 load: Callable[[str], Awaitable[Instance]]) -> None:
+        self._usage = usage
+        self._alias = alias
+        self._ready_now = ready_now
+        self._load = load
+
+    async def __aenter__(self) -> Instance:
+        self._usage.begin(self._alias)
+        try:
+            instance = self._ready_now(self._alias)
+            return instance if instance is not None else await self._load(self._alias)
+        except BaseException:
+            await self._usage.end(self._alias)
+            raise
+
+    async def __aexit__(self, *_exc: Any) -> None:
+        await self._usage.end(self._alias)
