@@ -1,7 +1,7 @@
 """The `bawt-vllm` command line: the typer app, its sub-command groups, and `run()`.
 
 Only assembly: each command lives in the module of its concern (lifecycle, chat, system,
-configcmd, models) and is registered here under its name; none of them imports this module.
+configcmd, models, ui) and is registered here under its name; none of them imports this module.
 Heavy modules (aiohttp, psutil, pydantic models, the openai SDK) are imported inside the
 commands that need them, so `bawt-vllm ps` and `--help` start fast. The program's entry point is
 `fastpath.main`: it answers a plain `ps` or `status` without importing this module at all, and
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from . import chat, configcmd, examples, lifecycle, models, system
+from . import chat, configcmd, examples, lifecycle, models, system, ui
 from .common import EXIT_CODES_HELP, EXIT_INTERRUPTED
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,6 +39,7 @@ app.command("reload")(lifecycle.reload)
 app.add_typer(system.daemon_app, name="daemon")  # `daemon` runs it, `daemon stop` stops it
 app.command("chat")(chat.chat)
 app.command("gpus")(system.gpus)
+app.command("ui")(ui.ui)
 app.command("entries")(models.entries)
 app.command("add")(models.add)
 app.command("pull")(models.pull)

@@ -27,6 +27,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "chat": ('bawt-vllm chat qwen-32b-awq "Write a haiku about GPUs"',
              'bawt-vllm chat qwen-32b-awq --system "Answer in French"   (a session: an empty line ends it)'),
     "gpus": ("bawt-vllm gpus", "bawt-vllm gpus --json"),
+    "ui": ("bawt-vllm ui   (the dashboard in a browser)", "bawt-vllm ui --no-open   (print its address only)"),
     "entries": ("bawt-vllm entries", "bawt-vllm entries --write --dry-run"),
     "add": ("bawt-vllm add Qwen/Qwen2.5-7B-Instruct-AWQ", 'bawt-vllm add --search "qwen 7b awq" --yes'),
     "pull": ("bawt-vllm pull qwen-32b-awq",),

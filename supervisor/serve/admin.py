@@ -5,8 +5,9 @@ bawt-specific `bawt` field holding the model's status row) and `GET|POST /unload
 model; plain `OK` as llama-swap answers, or, asked for JSON, `{"msg": "ok", "stopped": [proof...]}`).
 `GET|POST /upstream/{model}/{path}` reaches a loaded model's own server with its instance key
 (never loading one). Per model, `/models/{model}`: `POST .../load` (waits until ready), `POST
-.../unload` (the stop's proof), `GET` (status row and recent events), `GET .../logs`; `GET /models`
-lists every status row.
+.../unload` (the stop's proof), `POST .../sleep` and `POST .../wake` (a sleep-mode entry: the sleep's
+proof; the status row once awake), `GET` (status row and recent events), `GET .../logs`; `GET /models`
+lists every status row. `GET /gpus`: NVML's view of each GPU, our models on it, and what is not ours.
 
 Behind the gateway's key when one is set (the gateway's auth middleware), and refused outright
 on a gateway bound beyond loopback without a key: these routes stop models and read their logs.
@@ -30,9 +31,11 @@ from ..runtime.instance import Instance
 from ..runtime.logfiles import log_text
 from ..runtime.placement import CapacityError
 from ..runtime.pool import Pool
+from ..runtime.sleepmode import SleepFailed
 from ..runtime.states import State
 from ..runtime.stops import StopResult
 from .replies import forwarded_headers, openai_error, resolve_dots, response_headers, unknown_model, upstream_url
+from .ui.views import gpu_rows, read_gpus, sleep_refusal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Send = Callable[[str, URL, bytes, dict[str, str]], Awaitable[aiohttp.ClientResponse]]
@@ -52,6 +55,25 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def refusal(pool: Pool, gateway_key: Callable[[], str | None]) -> web.Response | None:
+    """The 403 for a gateway that listens beyond loopback without a key; None when data may be served."""
+    host = pool.config.settings.gateway_host
+    if gateway_key() is not None or is_loopback(host):
+        return None
+    variable = pool.config.settings.api_key_env or "BAWT_VLLM_API_KEY"
+    return openai_error(403, f"the admin API is off: the gateway listens on {host} without an API key; "
+                        f"set ${variable} or bind the gateway to 127.0.0.1 (bawt_vllm.gateway_host)",
+                        type_="invalid_request_error", code="admin_refused")
+
+
+def guarded(pool: Pool, gateway_key: Callable[[], str | None], handler: Handler) -> Handler:
+    """handler, refused (403) while the gateway listens beyond loopback without a key."""
+    async def guarded_handler(request: web.Request) -> web.StreamResponse:
+        refused = refusal(pool, gateway_key)
+        return refused if refused is not None else await handler(request)
+    return guarded_handler
 
 
 class AdminApi:
@@ -74,20 +96,14 @@ class AdminApi:
         add("GET", "/models", self._guarded(self.models))
         add("POST", "/models/{model:.+}/load", self._guarded(self.load))
         add("POST", "/models/{model:.+}/unload", self._guarded(self.unload))
+        add("POST", "/models/{model:.+}/sleep", self._guarded(self.sleep))
+        add("POST", "/models/{model:.+}/wake", self._guarded(self.wake))
         add("GET", "/models/{model:.+}/logs", self._guarded(self.logs))
+        add("GET", "/gpus", self._guarded(self.gpus))
         add("GET", "/models/{model:.+}", self._guarded(self.model))
 
     def _guarded(self, handler: Handler) -> Handler:
-        """handler, refused (403) while the gateway listens beyond loopback without a key."""
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            host = self.pool.config.settings.gateway_host
-            if self._gateway_key() is None and not is_loopback(host):
-                variable = self.pool.config.settings.api_key_env or "BAWT_VLLM_API_KEY"
-                return openai_error(403, f"the admin API is off: the gateway listens on {host} without an API key; "
-                                    f"set ${variable} or bind the gateway to 127.0.0.1 (bawt_vllm.gateway_host)",
-                                    type_="invalid_request_error", code="admin_refused")
-            return await handler(request)
-        return guarded
+        return guarded(self.pool, self._gateway_key, handler)
 
     # -- llama-swap's routes -----------------------------------------------------------------
     async def running(self, _request: web.Request) -> web.Response:
@@ -204,6 +220,38 @@ class AdminApi:
             return _not_clean(result.summary(), {"stop": result.as_dict()})
         return web.json_response(result.as_dict())
 
+    async def sleep(self, request: web.Request) -> web.Response:
+        """Put a ready sleep-mode model to sleep; {"alias", "proof"}. A sleep that fails or is not
+        proven stops the model instead, as an eviction would (502, with the stop's proof)."""
+        alias = self.pool.config.resolve(request.match_info["model"])
+        if alias is None:
+            return unknown_model(self.pool.config, request.match_info["model"])
+        instance = self.pool.get(alias)
+        refused = sleep_refusal(self.pool, alias)
+        if refused is not None or instance is None:
+            return _conflict(refused or f"{alias} is not loaded", "not_sleepable")
+        try:
+            proof = await instance.sleep("sleep requested")
+        except SleepFailed as failure:
+            result = await self.pool.down(alias, reason=f"sleep requested; put to sleep failed ({failure}), "
+                                          "stopped instead")
+            return openai_error(502, f"{alias}: sleep failed ({failure}); stopped instead: {result.summary()}",
+                                type_="server_error", code="sleep_failed", extra={"stop": result.as_dict()})
+        return web.json_response({"alias": alias, "proof": proof})
+
+    async def wake(self, request: web.Request) -> web.Response:
+        """Wake a sleeping model and wait until it answers; its status row."""
+        alias = self.pool.config.resolve(request.match_info["model"])
+        if alias is None:
+            return unknown_model(self.pool.config, request.match_info["model"])
+        if self.pool.state_of(alias) is not State.SLEEPING:
+            return _conflict(f"{alias} is {self.pool.state_of(alias).value}, not sleeping", "not_sleeping")
+        return await self.load(request)
+
+    async def gpus(self, _request: web.Request) -> web.Response:
+        """Each GPU as NVML sees it: memory, our models on it with their budgets, and what is not ours."""
+        return web.json_response({"gpus": gpu_rows(self.pool, await read_gpus(self.pool))})
+
     async def logs(self, request: web.Request) -> web.StreamResponse:
         """alias's vllm serve log (?lines=N of its end, ?start=N for an earlier start), and with
         ?follow=1 what is written to it from then on, as text, until the client goes away."""
@@ -249,6 +297,10 @@ def _load_failed(message: str) -> web.Response:
 
 def _not_clean(summary: str, proof: dict[str, Any]) -> web.Response:
     return openai_error(500, f"stop not proven: {summary}", type_="server_error", code="stop_not_clean", extra=proof)
+
+
+def _conflict(message: str, code: str) -> web.Response:
+    return openai_error(409, message, type_="invalid_request_error", code=code)
 
 
 def _bad_request(message: str, param: str | None) -> web.Response:
