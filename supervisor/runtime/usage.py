@@ -31,7 +31,10 @@ class UsageBook:
         self._waiting = 0  # loads in wait_for_release: a request's end notifies only when some wait
 
     def of(self, alias: str) -> Usage:
-        return self._usage.setdefault(alias, Usage())
+        usage = self._usage.get(alias)
+        if usage is None:
+            usage = self._usage[alias] = Usage()
+        return usage
 
     def begin(self, alias: str) -> None:
         """One more request of alias in flight."""

@@ -34,6 +34,7 @@ from ..control.server import ControlApi
 from ..runtime.pool import ConfigRejected, Pool
 from ..runtime.process import become_subreaper
 from ..runtime.statefile import StateDirLock
+from . import eventloop
 from .eventlog import EventLog
 from .gateway import Gateway
 from .logsetup import setup_logging
@@ -88,7 +89,8 @@ class Daemon:
             self._warn_if_exposed(config)
             self.pool.start_ttl_reaper()
             notify_ready(f"gateway {self.gateway_url}; {len(config.models)} model(s) configured")
-            log.info("ready: gateway %s/v1, control %s", self.gateway_url, control_socket_path(config))
+            log.info("ready: gateway %s/v1, control %s (event loop: %s)", self.gateway_url,
+                     control_socket_path(config), eventloop.loop_name())
             self._preload(config)
             await self.hub.shutdown.wait()
             return 0
@@ -223,7 +225,7 @@ def run_daemon(config_path: Path | None, log_file: Path | None = None) -> int:
               file=sys.stderr)
         return 1
     try:
-        return asyncio.run(Daemon(config_path).run())
+        return eventloop.run(Daemon(config_path).run())
     except (DaemonStartError, ConfigError) as error:
         log.error("bawt-vllm daemon not started: %s", error)
         return 1

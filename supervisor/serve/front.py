@@ -76,11 +76,7 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._discarding = False
         # the request being read
-        self._url = bytearray()
-        self._headers: Headers = []
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._too_large = False
+        self._fresh_request()
         # the response being written
         self._linked: asyncio.Transport | None = None
         self._client_paused = False
@@ -158,28 +154,35 @@ class Connection(asyncio.Protocol):
     def _body_overdue(self) -> None:
         self._refuse(408, f"the request body did not arrive within {READ_DEADLINE_S:g} s", "request_timeout")
 
-    # -- the parser's callbacks -------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url.clear()
-        self._headers = []
-        self._body = []
+    def _fresh_request(self) -> None:
+        self._url = b""
+        self._headers: Headers = []
+        self._body: list[bytes] = []
         self._body_size = 0
-        self._too_large = False
+        self._too_large = self._expects = False
+        self._declared: bytes | None = None
 
+    # -- the parser's callbacks -------------------------------------------------------------
+    # (no on_message_begin: httptools calls only what is defined; each request's state is fresh
+    # from the constructor or the end of the request before)
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"content-length":
+            self._declared = value
+        elif name == b"expect":
+            self._expects = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
-        declared = next((value for name, value in self._headers if name == b"content-length"), None)
+        declared = self._declared
         if declared is not None and declared.strip().isdigit() and int(declared) > MAX_BODY_BYTES:
             self._too_large = True
             self._refuse_too_large()
             return
-        expects = any(name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers)
-        if expects and self._task is None and not self._queue and self.transport is not None:
+        if self._expects and self._task is None and not self._queue and self.transport is not None:
             self.transport.write(wire.CONTINUE)
         self._arm(self._body_overdue)
 
@@ -197,11 +200,12 @@ class Connection(asyncio.Protocol):
         self._disarm()
         if self._too_large or self._closing:
             return
-        target = bytes(self._url)
+        target = self._url
         url = httptools.parse_url(target)
-        request = Request(method=self._parser.get_method(), target=target, path=_decoded(url.path),
-                          query=url.query or b"", version=self._parser.get_http_version().encode(),
-                          headers=self._headers, body=b"".join(self._body), keep_alive=self._parser.should_keep_alive())
+        request = Request(self._parser.get_method(), target, _decoded(url.path), url.query or b"",
+                          self._parser.get_http_version().encode(), self._headers, b"".join(self._body),
+                          self._parser.should_keep_alive())
+        self._fresh_request()
         self._queue.append(request)
         if self._task is None:
             self._next()

@@ -69,6 +69,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._socket_dir: str | None = None
         self._app_address: Address | None = None
+        self._key_variable: str | None = None
+        self._key: str | None = None
 
     @property
     def config(self) -> Config:
@@ -191,8 +193,13 @@ class Gateway:
                                          "log)", type_="server_error", code="internal_error")
 
     def _gateway_key(self) -> str | None:
+        """The key clients must send, if one is set. Read once per variable name (a reload may
+        name another): the daemon's environment does not change while it runs."""
         variable = self.config.settings.api_key_env
-        return os.environ.get(variable) or None if variable else None
+        if variable != self._key_variable:
+            self._key_variable = variable
+            self._key = os.environ.get(variable) or None if variable else None
+        return self._key
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

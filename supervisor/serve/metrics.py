@@ -7,13 +7,16 @@ and time to first token are read from the relayed bytes without decoding them.
 
 from __future__ import annotations
 
+import bisect
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..runtime.instance import Instance
 from ..runtime.states import Event, EventKind, State
@@ -70,28 +73,18 @@ class Metrics:
         self.stop_seconds = Histogram("bawt_vllm_stop_seconds", "Stop to verified gone", ["model"],
                                       buckets=_STOP_BUCKETS, registry=r)
         self.vram_freed = Counter("bawt_vllm_vram_freed_bytes", "VRAM proven freed by stops", ["model"], registry=r)
-        self.requests = Counter("bawt_vllm_requests", "Gateway requests", ["model", "route"], registry=r)
         self.errors = Counter("bawt_vllm_errors", "Gateway error responses", ["model", "status"], registry=r)
-        self.latency = Histogram("bawt_vllm_gateway_seconds", "Gateway request to response headers",
-                                 ["model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram("bawt_vllm_time_to_first_token_seconds",
-                                     "Gateway request to the first streamed event (loading included)", ["model"],
-                                     buckets=_TTFT_BUCKETS, registry=r)
-        self.stream_events = Counter("bawt_vllm_stream_events", "Streamed events relayed (vLLM sends about one per "
-                                     "generated token)", ["model"], registry=r)
-        self.completion_tokens = Counter("bawt_vllm_completion_tokens", "Completion tokens, from the usage vLLM "
-                                         "reports (streams only with stream_options.include_usage)", ["model"],
-                                         registry=r)
-        self.prompt_tokens = Counter("bawt_vllm_prompt_tokens", "Prompt tokens, from the usage vLLM reports",
-                                     ["model"], registry=r)
-        self._launched_at: dict[str, float] = {}
+        # The per-request series are plain numbers, rendered at scrape time: a request costs
+        # attribute updates, not prometheus_client's locked values (the daemon is one thread).
         self._series: dict[str, ModelSeries] = {}
+        self.registry.register(_RequestSeries(self._series))
+        self._launched_at: dict[str, float] = {}
 
     def model(self, alias: str) -> ModelSeries:
         """alias's per-request series, looked up once (labels() costs a lock and a hash per call)."""
         series = self._series.get(alias)
         if series is None:
-            series = self._series[alias] = ModelSeries(self, alias)
+            series = self._series[alias] = ModelSeries()
         return series
 
     def observe(self, instance: Instance, event: Event) -> None:
@@ -125,36 +118,84 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class Buckets:
+    """A histogram's observations: a count per bucket (cumulated when rendered) and their sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        rows: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            rows.append((floatToGoString(bound), running))
+        return rows
+
+
 class ModelSeries:
-    """One model's per-request series, their label children resolved once."""
+    """One model's per-request series."""
 
-    __slots__ = ("_alias", "_completion", "_events", "_prompt", "_requests", "_routes", "first_token", "latency")
+    __slots__ = ("completion_tokens", "events", "first_token", "latency", "prompt_tokens", "routes")
 
-    def __init__(self, metrics: Metrics, alias: str) -> None:
-        self.latency = metrics.latency.labels(alias)
-        self.first_token = metrics.first_token.labels(alias)
-        self._events = metrics.stream_events.labels(alias)
-        self._completion = metrics.completion_tokens.labels(alias)
-        self._prompt = metrics.prompt_tokens.labels(alias)
-        self._requests = metrics.requests
-        self._alias = alias
-        self._routes: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.latency = Buckets(_LATENCY_BUCKETS)
+        self.first_token = Buckets(_TTFT_BUCKETS)
+        self.events = 0
+        self.completion_tokens = 0
+        self.prompt_tokens = 0
+        self.routes: dict[str, int] = {}  # bounded: ROUTES and "other"
 
     def request(self, path: str) -> None:
-        counter = self._routes.get(path)
-        if counter is None:
-            route = path.removeprefix("/v1/")
-            counter = self._requests.labels(self._alias, route if route in ROUTES else "other")
-            if len(self._routes) < 64:  # paths are the client's: remember only a few
-                self._routes[path] = counter
-        counter.inc()
+        route = path.removeprefix("/v1/")
+        if route not in ROUTES:
+            route = "other"
+        self.routes[route] = self.routes.get(route, 0) + 1
 
     def relayed(self, chunk: bytes, *, stream: bool = True) -> None:
         """Count what a relayed response chunk carries: stream events and reported usage."""
         if stream:
             events = chunk.count(b"data: ") - chunk.count(b"data: [DONE]")
             if events > 0:
-                self._events.inc(events)
+                self.events += events
         if b'"completion_tokens"' in chunk:
             for kind, count in _USAGE.findall(chunk):
-                (self._completion if kind == b"completion" else self._prompt).inc(int(count))
+                if kind == b"completion":
+                    self.completion_tokens += int(count)
+                else:
+                    self.prompt_tokens += int(count)
+
+
+class _RequestSeries(Collector):
+    def __init__(self, series: dict[str, ModelSeries]) -> None:
+        self._series = series
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily("bawt_vllm_requests", "Gateway requests", labels=["model", "route"])
+        latency = HistogramMetricFamily("bawt_vllm_gateway_seconds", "Gateway request to response headers",
+                                        labels=["model"])
+        first_token = HistogramMetricFamily("bawt_vllm_time_to_first_token_seconds", "Gateway request to the "
+                                            "first streamed event (loading included)", labels=["model"])
+        events = CounterMetricFamily("bawt_vllm_stream_events", "Streamed events relayed (vLLM sends about one "
+                                     "per generated token)", labels=["model"])
+        completion = CounterMetricFamily("bawt_vllm_completion_tokens", "Completion tokens, from the usage vLLM "
+                                         "reports (streams only with stream_options.include_usage)", labels=["model"])
+        prompt = CounterMetricFamily("bawt_vllm_prompt_tokens", "Prompt tokens, from the usage vLLM reports",
+                                     labels=["model"])
+        for alias, series in self._series.items():
+            for route, count in series.routes.items():
+                requests.add_metric([alias, route], count)
+            latency.add_metric([alias], series.latency.cumulative(), series.latency.total)
+            first_token.add_metric([alias], series.first_token.cumulative(), series.first_token.total)
+            events.add_metric([alias], series.events)
+            completion.add_metric([alias], series.completion_tokens)
+            prompt.add_metric([alias], series.prompt_tokens)
+        yield from (requests, latency, first_token, events, completion, prompt)

@@ -206,13 +206,12 @@ class _Relay:
         if status >= 400:
             self.collecting = True
             return Mode.COLLECT
-        self.streamed = any(name == b"content-type" and value.startswith(b"text/event-stream")
-                            for name, value in headers)
-        if self.early:
-            return Mode.BODY
-        if (b"connection", b"close") in headers:
-            self.out.close_after()  # the client reads that header too
-        return Mode.RAW
+        for name, value in headers:
+            if name == b"content-type":
+                self.streamed = value.startswith(b"text/event-stream")
+            elif name == b"connection" and value.lower() == b"close" and not self.early:
+                self.out.close_after()  # the client reads that header too
+        return Mode.BODY if self.early else Mode.RAW
 
     def raw(self, data: bytes) -> None:
         self.relayed = True

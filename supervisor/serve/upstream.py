@@ -24,6 +24,7 @@ from .wire import Headers
 # request must never be sent down a connection the server is closing.
 KEEPALIVE_S = 3.0
 CONNECT_TIMEOUT_S = 10.0
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class Mode(enum.Enum):
@@ -82,45 +83,66 @@ class Response:
     body: bytes  # COLLECT only; empty otherwise
 
 
-class _Exchange:
-    """One request's response: httptools calls its on_* methods while the connection feeds it."""
+class _Connection(asyncio.Protocol):
+    """One pooled connection, and the exchange on it: httptools calls its on_* methods while it
+    feeds the parser (one parser for the connection's life: llhttp starts over after each message)."""
 
     __slots__ = (
+        "address",
         "body_seen",
-        "chunk_open",
         "chunked",
         "close_delimited",
         "complete",
         "done",
         "head_only",
         "headers",
+        "idle_since",
         "keep_alive",
+        "lost",
         "mode",
         "parser",
         "parts",
         "pending",
+        "pool",
         "sink",
         "started",
         "status",
+        "tail",
+        "transport",
     )
 
-    def __init__(self, sink: Sink, head_only: bool, done: asyncio.Future[Response]) -> None:
+    def __init__(self, pool: UpstreamPool, address: Address) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.idle_since = 0.0
+        self.lost = False
+        self.done: asyncio.Future[Response] | None = None  # set while an exchange is on
+
+    # -- the exchange: one request written, its response read ---------------------------------
+    async def run(self, data: bytes, sink: Sink, head_only: bool) -> Response:
+        assert self.transport is not None
         self.sink = sink
         self.head_only = head_only
-        self.done = done
-        self.parser = httptools.HttpResponseParser(self)
         self.headers: Headers = []
         self.mode: Mode | None = None
-        self.pending = bytearray()  # response bytes before the mode is known
-        self.started = False
-        self.complete = False
-        self.body_seen = False
+        self.pending = b""  # response bytes before the mode is known
+        self.started = self.complete = self.body_seen = False
         self.parts: list[bytes] = []
         self.status = 0
-        self.close_delimited = False
-        self.chunked = False
-        self.chunk_open = False
-        self.keep_alive = False  # read at the message's end: llhttp forgets it once the message is done
+        self.close_delimited = self.chunked = self.keep_alive = False
+        self.tail = b""  # the end of what was passed on RAW
+        done = self.done = asyncio.get_running_loop().create_future()
+        sink.attach(self.transport)
+        self.transport.write(data)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            # The client went away: closing the connection is how vLLM learns to stop generating.
+            self.done = None
+            self._close()
+            raise
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -131,10 +153,9 @@ class _Exchange:
             self.headers = []
             return
         self.status = status
-        names = {name for name, _ in self.headers}
-        self.chunked = any(name == b"transfer-encoding" and b"chunked" in value.lower() for name, value in self.headers)
-        self.close_delimited = (b"content-length" not in names and b"transfer-encoding" not in names
-                                and status not in (204, 304))
+        framing = [value.lower() for name, value in self.headers if name in _FRAMING]
+        self.chunked = any(b"chunked" in value for value in framing)
+        self.close_delimited = not framing and status not in (204, 304)
         self.mode = self.sink.head(status, self.headers)
         if self.head_only:
             self.complete = True
@@ -148,104 +169,71 @@ class _Exchange:
         elif self.mode is Mode.COLLECT:
             self.parts.append(data)
 
-    def on_chunk_header(self) -> None:
-        self.chunk_open = True
-
-    def on_chunk_complete(self) -> None:
-        self.chunk_open = False
-
     def on_message_complete(self) -> None:
         if self.status:  # not an interim response
             self.complete = True
-            self.keep_alive = self.parser.should_keep_alive()
+            self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is done
 
-    def response(self) -> Response:
-        return Response(self.status, self.headers, b"".join(self.parts))
-
-
-class _Connection(asyncio.Protocol):
-    def __init__(self, pool: UpstreamPool, address: Address) -> None:
-        self.pool = pool
-        self.address = address
-        self.transport: asyncio.Transport | None = None
-        self.exchange: _Exchange | None = None
-        self.idle_since = 0.0
-        self.lost = False
-
+    # -- the connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
 
     def data_received(self, data: bytes) -> None:
-        exchange = self.exchange
-        if exchange is None:  # nothing was asked: a server that talks out of turn is not reused
+        if self.done is None:  # nothing was asked: a server that talks out of turn is not reused
             self._close()
             return
-        exchange.started = True
+        self.started = True
         try:
-            exchange.parser.feed_data(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserError as error:
-            self._fail(exchange, UpstreamClosed(f"the upstream sent a malformed response: {error}",
-                                                started=exchange.mode is not None))
+            self._fail(UpstreamClosed(f"the upstream sent a malformed response: {error}",
+                                      started=self.mode is not None))
             return
-        mode = exchange.mode
+        mode = self.mode
         if mode is Mode.RAW:
-            if exchange.pending:
-                data = bytes(exchange.pending) + data
-                exchange.pending.clear()
-            exchange.sink.raw(data)
+            if self.pending:
+                data, self.pending = self.pending + data, b""
+            self.sink.raw(data)
+            self.tail = data
         elif mode is None:
-            exchange.pending += data
-        if exchange.complete:
-            self._finish(exchange, keep=exchange.keep_alive and not exchange.head_only)
+            self.pending += data
+        if self.complete:
+            self._finish(keep=self.keep_alive and not self.head_only)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.pool.forget(self)
-        exchange = self.exchange
-        if exchange is None:
+        if self.done is None:
             return
-        if exchange.mode is not None and exchange.close_delimited:
-            self._finish(exchange, keep=False)  # the body ran until the connection closed: that is its end
+        if self.mode is not None and self.close_delimited:
+            self._finish(keep=False)  # the body ran until the connection closed: that is its end
             return
-        why = "before it sent a response" if exchange.mode is None else "in the middle of its response"
-        boundary = exchange.mode is Mode.RAW and exchange.chunked and not exchange.chunk_open
-        self._fail(exchange, UpstreamClosed(f"the upstream closed the connection {why}",
-                                            started=exchange.started, at_chunk_boundary=boundary))
+        why = "before it sent a response" if self.mode is None else "in the middle of its response"
+        # An event stream's chunks end with the event's blank line and the chunk's CRLF: what was
+        # passed on ends there, or the break came inside a chunk (and only closing can tell).
+        boundary = self.mode is Mode.RAW and self.chunked and self.tail.endswith(b"\n\r\n")
+        self._fail(UpstreamClosed(f"the upstream closed the connection {why}", started=self.started,
+                                  at_chunk_boundary=boundary))
 
-    def _finish(self, exchange: _Exchange, *, keep: bool) -> None:
-        self.exchange = None
+    def _finish(self, *, keep: bool) -> None:
+        done, self.done = self.done, None
         if keep and not self.lost:
             self.pool.release(self)
         else:
             self._close()
-        if not exchange.done.done():
-            exchange.done.set_result(exchange.response())
+        if done is not None and not done.done():
+            done.set_result(Response(self.status, self.headers, b"".join(self.parts)))
 
-    def _fail(self, exchange: _Exchange, error: UpstreamError) -> None:
-        self.exchange = None
+    def _fail(self, error: UpstreamError) -> None:
+        done, self.done = self.done, None
         self._close()
-        if not exchange.done.done():
-            exchange.done.set_exception(error)
+        if done is not None and not done.done():
+            done.set_exception(error)
 
     def _close(self) -> None:
         self.lost = True
         if self.transport is not None:
             self.transport.close()
-
-    async def run(self, data: bytes, sink: Sink, head_only: bool) -> Response:
-        assert self.transport is not None
-        done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        exchange = _Exchange(sink, head_only, done)
-        self.exchange = exchange
-        sink.attach(self.transport)
-        self.transport.write(data)
-        try:
-            return await done
-        except asyncio.CancelledError:
-            # The client went away: closing the connection is how vLLM learns to stop generating.
-            self.exchange = None
-            self._close()
-            raise
 
 
 class UpstreamPool:
