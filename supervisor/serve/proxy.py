@@ -21,7 +21,7 @@ import functools
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -125,14 +125,21 @@ class Proxy:
         early = streaming and not self.pool.is_ready(alias)
         if early:  # a streaming client gets its SSE headers now, and comments while the model loads
             out.start_stream(200, wire.SSE_HEADERS)
-
-        async def loading(progress: str) -> None:
-            if early:
-                out.stream(f": loading {alias} ({progress})\n\n".encode())
-
         try:
-            async with self.pool.serving(alias, on_wait=loading, wait_tick_s=KEEPALIVE_INTERVAL_S) as instance:
-                await self._forward(request, out, instance, path, body, early, started)
+            async with self.pool.serving(alias, on_wait=_loading(out, alias) if early else None,
+                                         wait_tick_s=KEEPALIVE_INTERVAL_S) as instance:
+                sink = _Relay(self.metrics.model(alias), out, early, started)
+                head = _upstream_head(request, instance, path, len(body))
+                try:
+                    response = await self.upstream.exchange(_origin(instance.endpoint)[0], head + body, sink,
+                                                            head_only=request.method == b"HEAD")
+                except UpstreamError as error:
+                    return self._broken(out, alias, sink, error)
+                if sink.collecting:
+                    self.metrics.errors.labels(alias, str(response.status)).inc()
+                    _upstream_error(out, alias, response.status, response.headers, response.body, early)
+                elif early:
+                    out.end_stream()
         except CapacityError as busy:
             self._fail(out, alias, early, 503, str(busy), "no_capacity", [(b"Retry-After", b"%d" % RETRY_AFTER_S)])
         except StartFailed as failure:
@@ -149,22 +156,6 @@ class Proxy:
             _sse_error(out, message, code=code)
         else:
             openai_error(out, status, message, type_="server_error", code=code, headers=headers)
-
-    async def _forward(self, request: Request, out: Connection, instance: Instance, path: str, body: bytes,
-                       early: bool, started: float) -> None:
-        head = _upstream_head(request, instance, path, len(body))
-        sink = _Relay(self.metrics.model(instance.alias), out, early, started)
-        try:
-            response = await self.upstream.exchange(_origin(instance.endpoint)[0], head + body, sink,
-                                                    head_only=request.method == b"HEAD")
-        except UpstreamError as error:
-            self._broken(out, instance.alias, sink, error)
-            return
-        if sink.collecting:
-            self.metrics.errors.labels(instance.alias, str(response.status)).inc()
-            _upstream_error(out, instance.alias, response.status, response.headers, response.body, early)
-        elif early:
-            out.end_stream()
 
     def _broken(self, out: Connection, alias: str, sink: _Relay, error: UpstreamError) -> None:
         """The upstream failed: a 502 if nothing was said yet, else the stream ends with an error
@@ -228,6 +219,13 @@ class _Relay:
         self.out.stream(data)
 
 
+def _loading(out: Connection, alias: str) -> Callable[[str], Awaitable[None]]:
+    """What a load's progress writes into the SSE stream opened for it: a comment."""
+    async def say(progress: str) -> None:
+        out.stream(f": loading {alias} ({progress})\n\n".encode())
+    return say
+
+
 @functools.lru_cache(maxsize=64)
 def _origin(endpoint: str) -> tuple[Address, bytes]:
     """An instance endpoint's address, and its Host header."""
@@ -259,7 +257,7 @@ def _requested_model(request: Request) -> tuple[str, dict[str, Any] | None, str 
         model = _query_model(request.query)
         return (model, None, None) if model else ("", None, "name the model: a JSON body with \"model\", or ?model=")
     try:
-        payload = json.loads(request.body)
+        payload = _parse_json(request.body)
     except ValueError as error:
         return "", None, f"request body is not valid JSON: {error}"
     if not isinstance(payload, dict):
@@ -268,6 +266,18 @@ def _requested_model(request: Request) -> tuple[str, dict[str, Any] | None, str 
     if not isinstance(model, str) or not model:
         return "", None, "request body has no \"model\" (a string naming one of GET /v1/models)"
     return model, payload, None
+
+
+_DECODE = json.JSONDecoder().decode
+
+
+def _parse_json(body: bytes) -> Any:
+    """json.loads(body), taking the short way for UTF-8 (what clients send); anything else
+    (a BOM, UTF-16, bad JSON) goes the long way, for json.loads's own answer."""
+    try:
+        return _DECODE(body.decode())
+    except ValueError:
+        return json.loads(body)
 
 
 def _query_model(query: bytes) -> str | None:

@@ -121,7 +121,9 @@ class _Connection(asyncio.Protocol):
         self.done: asyncio.Future[Response] | None = None  # set while an exchange is on
 
     # -- the exchange: one request written, its response read ---------------------------------
-    async def run(self, data: bytes, sink: Sink, head_only: bool) -> Response:
+    def send(self, data: bytes, sink: Sink, head_only: bool) -> asyncio.Future[Response]:
+        """Write data; the future holds the response (a plain method, not a coroutine: one frame
+        less on every request)."""
         assert self.transport is not None
         self.sink = sink
         self.head_only = head_only
@@ -136,13 +138,12 @@ class _Connection(asyncio.Protocol):
         done = self.done = asyncio.get_running_loop().create_future()
         sink.attach(self.transport)
         self.transport.write(data)
-        try:
-            return await done
-        except asyncio.CancelledError:
-            # The client went away: closing the connection is how vLLM learns to stop generating.
-            self.done = None
-            self._close()
-            raise
+        return done
+
+    def abandon(self) -> None:
+        """The client went away: closing the connection is how vLLM learns to stop generating."""
+        self.done = None
+        self._close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -249,14 +250,19 @@ class UpstreamPool:
         one: the server never took the request, so sending it again cannot run it twice.
         """
         connection = self._take_idle(address)
-        if connection is not None:
+        fresh = connection is None
+        if connection is None:
+            connection = await self._connect(address)
+        while True:
             try:
-                return await connection.run(data, sink, head_only)
+                return await connection.send(data, sink, head_only)
             except UpstreamClosed as error:
-                if error.started:
+                if error.started or fresh:
                     raise
-        connection = await self._connect(address)
-        return await connection.run(data, sink, head_only)
+            except asyncio.CancelledError:
+                connection.abandon()
+                raise
+            connection, fresh = await self._connect(address), True
 
     def _take_idle(self, address: Address) -> _Connection | None:
         idle = self._idle.get(address)
