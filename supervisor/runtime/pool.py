@@ -138,13 +138,13 @@ class Pool:
         on_wait (if given) is called every wait_tick_s with what the load is doing.
         Raises CapacityError, StartFailed, or PlacementFailed for anything else.
         """
-        return Serving(self.usage, alias, self._ready_now,
-                       lambda name: self._ready_for_request(name, on_wait, wait_tick_s))
+        return Serving(self.usage, alias, self._ready_now, self._ready_for_request, on_wait, wait_tick_s)
 
     def _ready_now(self, alias: str) -> Instance | None:
         """alias's instance if it serves as it is (the common case: no task, no lock); else None."""
-        serves = self.is_ready(alias) and not self._closing and alias in self.config.models
-        return self._instances[alias] if serves else None
+        instance = self._instances.get(alias)
+        ready = instance is not None and instance.state is State.READY and not self._closing
+        return instance if ready and alias in self.config.models else None
 
     async def _ready_for_request(self, alias: str, on_wait: Callable[[str], Awaitable[None]] | None,
                                  wait_tick_s: float) -> Instance:

@@ -102,13 +102,12 @@ class Gateway:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def dispatch(self, request: Request, out: Connection) -> None:
-        """The OpenAI API (not its model list) to the proxy; every other request to the app."""
-        path = request.path
-        if path.startswith("/v1/"):
-            plain = "/." not in path and "//" not in path and path[-1] != "/"  # the common case: as it is
-            segments = path[1:].split("/") if plain else resolve_dots(path)
-            if not (segments and len(segments) >= 2 and segments[:2] == ["v1", "models"]):
-                await self.proxy.handle(request, out, segments)
+        """The OpenAI API (not its model list) to the proxy; every other request to the app.
+        (A path that resolves to /v1/models goes to the app as it was sent, which routes it.)"""
+        if request.path.startswith("/v1/"):
+            path = _resolved(request.path)
+            if path is None or not (path == "/v1/models" or path.startswith("/v1/models/")):
+                await self.proxy.handle(request, out, path)
                 return
         await self._relay_to_app(request, out)
 
@@ -246,6 +245,14 @@ class Gateway:
             return await self._client().request(method, url, data=body or None, headers=headers)
         except aiohttp.ServerDisconnectedError:
             return await self._client().request(method, url, data=body or None, headers=headers)
+
+
+def _resolved(path: str) -> str | None:
+    """path with dot and empty segments resolved; None if `..` climbs above the root."""
+    if "/." not in path and "//" not in path and path[-1] != "/":
+        return path  # the common case: nothing to resolve
+    segments = resolve_dots(path)
+    return None if segments is None else "/" + "/".join(segments)
 
 
 class _AsIs:

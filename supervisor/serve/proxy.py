@@ -66,17 +66,16 @@ class Proxy:
     def config(self) -> Config:
         return self.pool.config
 
-    async def handle(self, request: Request, out: Connection, segments: list[str] | None) -> None:
-        """segments: request.path's, dot segments resolved (None if they climb out of the root)."""
+    async def handle(self, request: Request, out: Connection, path: str | None) -> None:
+        """path: request.path with dot and empty segments resolved (None if they climb out of the root)."""
         if not self._authorized(request, out):
             return
         if self._shutting_down():
             return openai_error(out, 503, "bawt-vllm is shutting down", type_="server_error", code="shutting_down")
-        if segments is None or len(segments) < 2 or segments[0] != "v1":
+        if path is None or not path.startswith("/v1/"):
             return openai_error(out, 404, f"unknown URL: {request.method.decode()} {request.path}; the gateway "
                                 "serves the OpenAI API under /v1/ (GET /v1/models lists the models)",
                                 code="unknown_url")
-        path = "/" + "/".join(segments)
         model, payload, problem = _requested_model(request)
         if problem is not None:
             return openai_error(out, 400, problem, code="invalid_request")
