@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import secrets
@@ -184,10 +183,15 @@ def summarize(runs: list[Run], names: list[str], stream_count: int, tokens: int)
     print(f"  {'met ' if ratio >= 0.95 else 'MISS'} streaming >= 0.95x relay's tokens/s: {ratio:.2f}x")
 
 
-def start_litellm(port: int, upstream: str, key: str) -> tuple[subprocess.Popen[bytes], Path] | None:
-    """LiteLLM's proxy in front of the same server, when litellm is installed."""
-    executable = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
-    if importlib.util.find_spec("litellm") is None or not Path(executable).exists():
+def litellm_executable(given: str | None) -> str | None:
+    """LiteLLM's `litellm` command: given, else beside this Python, else on PATH; None if absent."""
+    candidates = [given] if given else [str(Path(sys.executable).parent / "litellm"), shutil.which("litellm")]
+    return next((found for found in candidates if found and Path(found).exists()), None)
+
+
+def start_litellm(executable: str | None, port: int, upstream: str) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """LiteLLM's proxy in front of the same server, when it is installed."""
+    if executable is None:
         return None
     work = Path(tempfile.mkdtemp(prefix="bawt-bench-litellm-"))
     config = work / "litellm.yaml"
@@ -195,7 +199,7 @@ def start_litellm(port: int, upstream: str, key: str) -> tuple[subprocess.Popen[
         "model": "openai/tiny", "api_base": f"{upstream}/v1", "api_key": f"os.environ/{BENCH_KEY_ENV}"}}]}))
     process = subprocess.Popen([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
                                 "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "LITELLM_LOG": "ERROR"})
+                               env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": os.environ[BENCH_KEY_ENV]})
     return process, work
 
 
@@ -228,9 +232,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="per path and concurrency, each run")
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--litellm", help="LiteLLM's `litellm` command, if not in this environment (it can live "
+                        "in a venv of its own: python3 -m venv L && L/bin/pip install 'litellm[proxy]')")
     args = parser.parse_args()
     bed = testbed()
-    key = os.environ[BENCH_KEY_ENV] = secrets.token_urlsafe(24)  # the backend's key, sent on every path
+    # The backend's key, sent on every path; LiteLLM takes it as its master key (sk-: its format).
+    key = os.environ[BENCH_KEY_ENV] = "sk-" + secrets.token_hex(24)
     daemon = Daemon(write_config({"tiny": tiny_entry(bed, api_key_env=BENCH_KEY_ENV)}, vllm_executable=bed["vllm"],
                                  health_interval_s=HEALTH_INTERVAL_S))
     started: list[subprocess.Popen[bytes]] = []
@@ -244,13 +251,13 @@ def main() -> int:
         paths = [Path_("direct", direct, None), Path_("gateway", daemon.gateway, psutil.Process(daemon.process.pid)),
                  Path_("relay", f"http://127.0.0.1:{relay_port}", psutil.Process(relay.pid))]
         litellm_port = free_port()
-        litellm = start_litellm(litellm_port, direct, key)
+        litellm = start_litellm(litellm_executable(args.litellm), litellm_port, direct)
         if litellm is not None:
             started.append(litellm[0])
             wait_ready(f"http://127.0.0.1:{litellm_port}", key, litellm[0])
             paths.append(Path_("litellm", f"http://127.0.0.1:{litellm_port}", psutil.Process(litellm[0].pid)))
         else:
-            print("LiteLLM is not installed: `pip install 'litellm[proxy]'` to measure it beside the gateway")
+            print("LiteLLM is not installed: `pip install 'litellm[proxy]'` (or --litellm PATH) to measure it too")
         wait_ready(paths[2].base, key, relay)
         print(f"the daemon idle, health checks every {HEALTH_INTERVAL_S} s: {idle_cpu(paths[1]):.2f} ms CPU/s")
         names = [path.name for path in paths]

@@ -166,8 +166,9 @@ class ModelSeries:
             events = chunk.count(b"data: ") - chunk.count(b"data: [DONE]")
             if events > 0:
                 self.events += events
-        if b'"completion_tokens"' in chunk:
-            for kind, count in _USAGE.findall(chunk):
+        usage = chunk.find(b'"usage"')
+        if usage >= 0 and b'"completion_tokens"' in chunk:
+            for kind, count in _USAGE.findall(chunk, usage):
                 if kind == b"completion":
                     self.completion_tokens += int(count)
                 else:

@@ -24,7 +24,6 @@ from .wire import Headers
 # request must never be sent down a connection the server is closing.
 KEEPALIVE_S = 3.0
 CONNECT_TIMEOUT_S = 10.0
-_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class Mode(enum.Enum):
@@ -94,6 +93,7 @@ class _Connection(asyncio.Protocol):
         "close_delimited",
         "complete",
         "done",
+        "framed",
         "head_only",
         "headers",
         "idle_since",
@@ -133,7 +133,7 @@ class _Connection(asyncio.Protocol):
         self.started = self.complete = self.body_seen = False
         self.parts: list[bytes] = []
         self.status = 0
-        self.close_delimited = self.chunked = self.keep_alive = False
+        self.close_delimited = self.chunked = self.framed = self.keep_alive = False
         self.tail = b""  # the end of what was passed on RAW
         done = self.done = asyncio.get_running_loop().create_future()
         sink.attach(self.transport)
@@ -146,17 +146,22 @@ class _Connection(asyncio.Protocol):
         self._close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()
+            self.framed = True
+        elif name == b"content-length":
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:  # an interim response (never asked for): its headers are not the response's
             self.headers = []
+            self.chunked = self.framed = False
             return
         self.status = status
-        framing = [value.lower() for name, value in self.headers if name in _FRAMING]
-        self.chunked = any(b"chunked" in value for value in framing)
-        self.close_delimited = not framing and status not in (204, 304)
+        self.close_delimited = not self.framed and status not in (204, 304)
         self.mode = self.sink.head(status, self.headers)
         if self.head_only:
             self.complete = True
