@@ -94,16 +94,24 @@ async def latencies(session: aiohttp.ClientSession, paths: list[Path_], per_path
 async def stream(session: aiohttp.ClientSession, base: str, tokens: int) -> int:
     payload = {"model": "tiny", "prompt": "go", "max_tokens": tokens, "stream": True, "ignore_eos": True,
                "temperature": 0}
-    count = 0
-    async with session.post(f"{base}/v1/completions", json=payload) as response:
-        assert response.status == 200, (base, response.status)
-        async for line in response.content:
-            if line.startswith(b"data: {"):
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    raise RuntimeError(f"stream from {base} ended with an error: {chunk['error']}")
-                count += len(chunk["choices"])
-    return count
+    for attempt in range(2):
+        count = 0
+        try:
+            async with session.post(f"{base}/v1/completions", json=payload) as response:
+                assert response.status == 200, (base, response.status)
+                async for line in response.content:
+                    if line.startswith(b"data: {"):
+                        chunk = json.loads(line[6:])
+                        if "error" in chunk:
+                            raise RuntimeError(f"stream from {base} ended with an error: {chunk['error']}")
+                        count += len(chunk["choices"])
+            return count
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # A pooled keep-alive connection the server closed as it was reused: nothing was
+            # generated, so the client sends again (as the gateway does upstream).
+            if count or attempt:
+                raise
+    return 0
 
 
 async def streams(session: aiohttp.ClientSession, path: Path_, count: int, tokens: int) -> tuple[int, float, float]:
@@ -147,7 +155,26 @@ def print_run(index: int, run: Run, names: list[str]) -> None:
               f" | CPU {run.cpu_per_request[name]:.3f} ms/request, {run.cpu_per_token[name]:.1f} us/token")
 
 
-def summarize(runs: list[Run], names: list[str], stream_count: int, tokens: int) -> None:
+def table_rows(runs: list[Run], names: list[str]) -> list[str]:
+    """Markdown rows of the medians over runs; ratios against direct in the same runs."""
+    def med(pick: Callable[[Run], float]) -> float:
+        return median([pick(run) for run in runs])
+
+    direct_rate = med(lambda run: run.tokens_per_s["direct"])
+    rows = []
+    for name in names:
+        if name == "direct":
+            rows.append(f"| direct | - | - | {direct_rate:,.0f} tok/s | - | - |")
+            continue
+        rows.append(f"| {name} | {med(lambda run, n=name: run.added_p50[1][n]):+.2f} ms "
+                    f"| {med(lambda run, n=name: run.added_p50[32][n]):+.2f} ms "
+                    f"| {med(lambda run, n=name: run.tokens_per_s[n]) / direct_rate:.2f}x "
+                    f"| {med(lambda run, n=name: run.cpu_per_request[n]):.3f} ms "
+                    f"| {med(lambda run, n=name: run.cpu_per_token[n]):.1f} us |")
+    return rows
+
+
+def summarize(runs: list[Run], names: list[str], peer_runs: list[Run], stream_count: int, tokens: int) -> None:
     def med(pick: Callable[[Run], float]) -> float:
         return median([pick(run) for run in runs])
 
@@ -155,16 +182,9 @@ def summarize(runs: list[Run], names: list[str], stream_count: int, tokens: int)
     print("| path | added p50, 1 at a time | added p50, 32 concurrent | "
           f"{stream_count} streams x {tokens} tokens vs direct | CPU per request | CPU per streamed token |")
     print("|---|---|---|---|---|---|")
-    direct_rate = med(lambda run: run.tokens_per_s["direct"])
-    for name in names:
-        if name == "direct":
-            print(f"| direct | - | - | {direct_rate:,.0f} tok/s | - | - |")
-            continue
-        print(f"| {name} | {med(lambda run, n=name: run.added_p50[1][n]):+.2f} ms "
-              f"| {med(lambda run, n=name: run.added_p50[32][n]):+.2f} ms "
-              f"| {med(lambda run, n=name: run.tokens_per_s[n]) / direct_rate:.2f}x "
-              f"| {med(lambda run, n=name: run.cpu_per_request[n]):.3f} ms "
-              f"| {med(lambda run, n=name: run.cpu_per_token[n]):.1f} us |")
+    print("\n".join(table_rows(runs, names)))
+    if peer_runs:  # its own phase: against direct in that phase
+        print("\n".join(table_rows(peer_runs, ["litellm"])) + "  (its own phase, beside direct only)")
     gateway, relay = "gateway", "relay"
     checks = [
         ("CPU per request <= 2x relay's", med(lambda r: r.cpu_per_request[gateway]),
@@ -197,9 +217,9 @@ def start_litellm(executable: str | None, port: int, upstream: str) -> tuple[sub
     config = work / "litellm.yaml"
     config.write_text(json.dumps({"model_list": [{"model_name": "tiny", "litellm_params": {
         "model": "openai/tiny", "api_base": f"{upstream}/v1", "api_key": f"os.environ/{BENCH_KEY_ENV}"}}]}))
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": os.environ[BENCH_KEY_ENV]}
     process = subprocess.Popen([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                                "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": os.environ[BENCH_KEY_ENV]})
+                                "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return process, work
 
 
@@ -226,6 +246,30 @@ def idle_cpu(path: Path_, seconds: float = 5) -> float:
     return (path.cpu() - before) / (time.monotonic() - started) * 1e3
 
 
+def measure_litellm(executable: str | None, direct: Path_, args: argparse.Namespace, key: str,
+                    started: list[subprocess.Popen[bytes]]) -> list[Run]:
+    """LiteLLM's proxy, in a phase of its own beside direct only: on 2 cores, the CPU it spends
+    would move every other path's figures if it ran interleaved with them."""
+    port = free_port()
+    litellm = start_litellm(executable, port, direct.base)
+    if litellm is None:
+        print("LiteLLM is not installed: `pip install 'litellm[proxy]'` (or --litellm PATH) to measure it too")
+        return []
+    process, work = litellm
+    started.append(process)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", key, process)
+        paths = [direct, Path_("litellm", f"http://127.0.0.1:{port}", psutil.Process(process.pid))]
+        runs = []
+        for index in range(1, args.runs + 1):
+            run = asyncio.run(one_run(paths, max(50, args.requests // 4), args.streams, args.tokens, key))
+            print_run(index, run, ["direct", "litellm"])
+            runs.append(run)
+        return runs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -250,14 +294,6 @@ def main() -> int:
         started.append(relay)
         paths = [Path_("direct", direct, None), Path_("gateway", daemon.gateway, psutil.Process(daemon.process.pid)),
                  Path_("relay", f"http://127.0.0.1:{relay_port}", psutil.Process(relay.pid))]
-        litellm_port = free_port()
-        litellm = start_litellm(litellm_executable(args.litellm), litellm_port, direct)
-        if litellm is not None:
-            started.append(litellm[0])
-            wait_ready(f"http://127.0.0.1:{litellm_port}", key, litellm[0])
-            paths.append(Path_("litellm", f"http://127.0.0.1:{litellm_port}", psutil.Process(litellm[0].pid)))
-        else:
-            print("LiteLLM is not installed: `pip install 'litellm[proxy]'` (or --litellm PATH) to measure it too")
         wait_ready(paths[2].base, key, relay)
         print(f"the daemon idle, health checks every {HEALTH_INTERVAL_S} s: {idle_cpu(paths[1]):.2f} ms CPU/s")
         names = [path.name for path in paths]
@@ -266,7 +302,8 @@ def main() -> int:
             run = asyncio.run(one_run(paths, args.requests, args.streams, args.tokens, key))
             print_run(index, run, names)
             runs.append(run)
-        summarize(runs, names, args.streams, args.tokens)
+        peer_runs = measure_litellm(litellm_executable(args.litellm), paths[0], args, key, started)
+        summarize(runs, names, peer_runs, args.streams, args.tokens)
     finally:
         for process in started:
             process.terminate()
