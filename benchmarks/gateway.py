@@ -7,7 +7,8 @@ gateway, through a bare asyncio TCP relay (no HTTP parsing at all: the floor for
 hop) and, when `litellm` is installed, through LiteLLM's proxy. Requests to the paths are
 interleaved so drift hits them all alike. Per run it measures:
 - added latency of `max_tokens=1` completions at concurrency 1 and 32 (p50 of path minus direct);
-- tokens/s of concurrent streams, as a share of direct;
+- tokens/s of concurrent streams, as a share of direct: each path's streams run at the same time as
+  the others' (vLLM batches them all), so that vLLM's own swings hit every path alike;
 - each proxy's CPU per request and per streamed token: its own process's user+system time
   (the daemon's own, not its vLLM child's). The daemon's health checks run every 60 s here
   instead of every 2 s, so that what it spends is the gateway's: idle, with the default
@@ -41,6 +42,7 @@ from _common import Daemon, free_port, median, testbed, tiny_entry, write_config
 
 BENCH_KEY_ENV = "BAWT_VLLM_BENCH_BACKEND_KEY"
 WARMUP = 20
+STREAM_ROUNDS = 2
 HEALTH_INTERVAL_S = 60  # the daemon's own checks, kept out of the gateway's CPU figures
 
 
@@ -134,9 +136,12 @@ async def one_run(paths: list[Path_], requests: int, stream_count: int, tokens: 
             if concurrency == 1:
                 result.cpu_per_request = {name: cpu[name] / len(times[name]) * 1e3 for name in times}
         totals = {path.name: [0, 0.0, 0.0] for path in paths}
-        for _ in range(2):  # two rounds, alternating paths
-            for path in paths:
-                received, seconds, cpu = await streams(session, path, stream_count, tokens)
+        for _ in range(STREAM_ROUNDS):
+            # Every path's streams at once: vLLM batches them together, so each path's streams
+            # get tokens at the same pace and what differs is the path (run one path at a time
+            # and vLLM's own round-to-round swings on 2 cores hide it).
+            measured = await asyncio.gather(*(streams(session, path, stream_count, tokens) for path in paths))
+            for path, (received, seconds, cpu) in zip(paths, measured, strict=True):
                 total = totals[path.name]
                 total[0] += received
                 total[1] += seconds
