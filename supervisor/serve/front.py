@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -62,8 +61,9 @@ class Connection(asyncio.Protocol):
     """One client connection: the request parser's callbacks, and the Responder of the request
     being answered."""
 
-    def __init__(self, dispatch: Dispatch) -> None:
+    def __init__(self, dispatch: Dispatch, registry: set[Connection] | None = None) -> None:
         self._dispatch = dispatch
+        self._registry = registry if registry is not None else set()
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -87,6 +87,7 @@ class Connection(asyncio.Protocol):
     # -- the connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+        self._registry.add(self)
         self._arm(self._head_overdue)
 
     def data_received(self, data: bytes) -> None:
@@ -104,6 +105,7 @@ class Connection(asyncio.Protocol):
         return False  # a client that stops sending is gone: close, which cancels its request
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._registry.discard(self)
         self._closing = True
         self._disarm()
         if self._deadline is not None:
@@ -324,6 +326,12 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now (shutdown): what is in flight is cancelled."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
     @property
     def gone(self) -> bool:
         return self._closing or self.transport is None or self.transport.is_closing()
@@ -334,12 +342,30 @@ def _decoded(path: bytes) -> str:
     return unquote(text) if "%" in text else text
 
 
-async def listen(dispatch: Dispatch, host: str, port: int) -> asyncio.Server:
-    """The front's listening socket (SO_REUSEADDR, as the daemon has always bound it)."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Connection(dispatch), host, port, reuse_address=True)
+class Listener:
+    """The front's listening socket and the connections it accepted."""
 
+    def __init__(self, dispatch: Dispatch) -> None:
+        self._dispatch = dispatch
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
 
-def close_quietly(server: asyncio.Server) -> None:
-    with contextlib.suppress(Exception):
-        server.close()
+    async def listen(self, host: str, port: int) -> None:
+        """Bind (SO_REUSEADDR, as the daemon has always bound it); OSError if it cannot."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._accepted, host, port, reuse_address=True)
+
+    def _accepted(self) -> Connection:
+        return Connection(self._dispatch, self.connections)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "listen() first"
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        """Stop listening, and end every connection (their requests in flight are cancelled)."""
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.connections):
+            connection.abort()

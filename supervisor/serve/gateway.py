@@ -66,7 +66,7 @@ class Gateway:
         self.upstream = UpstreamPool()
         self.proxy = Proxy(pool, metrics, self.upstream, gateway_key=self._gateway_key, shutting_down=shutting_down)
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._listener = front.Listener(self.dispatch)
         self._socket_dir: str | None = None
         self._app_address: Address | None = None
         self._key_variable: str | None = None
@@ -85,16 +85,14 @@ class Gateway:
         path = os.path.join(self._socket_dir, "app.sock")
         await web.UnixSite(self._runner, path).start()
         self._app_address = Address(path)
-        self._server = await front.listen(self.dispatch, host, port)
+        await self._listener.listen(host, port)
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() first"
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._listener.port
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self._listener.close()
         self.upstream.close()
         if self._runner is not None:
             await self._runner.cleanup()

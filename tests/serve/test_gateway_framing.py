@@ -8,7 +8,20 @@ import hashlib
 import json
 
 from aiohttp import web
-from gateway_harness import MiB, Upstream, assert_openai_error, completion, exchange, gateway_over, read_reply
+from bawt_vllm.supervisor.serve.gateway import Gateway
+from bawt_vllm.supervisor.serve.metrics import Metrics
+from gateway_harness import (
+    MiB,
+    Upstream,
+    UpstreamPool,
+    assert_openai_error,
+    completion,
+    exchange,
+    gateway_over,
+    read_reply,
+    serving,
+    standin_config,
+)
 from helpers import run
 
 KEEP = "Host: gateway\r\nContent-Type: application/json\r\n"
@@ -172,3 +185,43 @@ def test_a_malformed_request_is_a_400_and_the_connection_closes(tmp_path):
 
     error = assert_openai_error(run(scenario()), 400, "invalid_request")
     assert "malformed HTTP request" in error["message"]
+
+
+def test_closing_the_gateway_ends_its_connections_and_the_requests_in_them(tmp_path):
+    """At shutdown nothing lingers: an idle keep-alive connection is closed, and a request in
+    flight is cancelled, which closes its upstream connection (vLLM stops generating)."""
+    upstream_gone = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"data: {}\n\n")
+                await asyncio.sleep(0.05)
+        finally:
+            upstream_gone.set()
+
+    async def scenario():
+        upstream_app = web.Application()
+        upstream_app.router.add_route("*", "/{tail:.*}", Upstream(answer=endless).handle)
+        async with serving(upstream_app) as (upstream_url, _):
+            pool = UpstreamPool(standin_config(tmp_path), f"{upstream_url}/v1")
+            gateway = Gateway(pool, Metrics(pool.status), shutting_down=lambda: False)
+            await gateway.start("127.0.0.1", 0)
+            try:
+                idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+                busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+                busy_writer.write(post("/v1/completions", completion(stream=True)))
+                await asyncio.wait_for(busy_reader.readuntil(b"data: {}"), 10)  # streaming now
+            finally:
+                await asyncio.wait_for(gateway.close(), 20)
+            ends = [await asyncio.wait_for(reader.read(), 10) for reader in (idle_reader, busy_reader)]
+            await asyncio.wait_for(upstream_gone.wait(), 10)
+            for writer in (idle_writer, busy_writer):
+                writer.close()
+            return ends
+
+    idle_end, busy_end = run(asyncio.wait_for(scenario(), 60))
+    assert idle_end == b""
+    assert b"data: [DONE]" not in busy_end
