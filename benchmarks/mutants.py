@@ -37,6 +37,8 @@ P = f"{PROMISES}::"
 FAULTS = "tests/runtime/test_faults_runtime.py::"
 SUPERVISION = "tests/runtime/test_supervision.py::"
 GPUS = "tests/runtime/test_gpus.py::"
+FRAMING = "tests/serve/test_gateway_framing.py::"
+UPSTREAM = "tests/serve/test_upstream_pool.py::"
 FIRST_RUN_TIMEOUT_S = 120
 FULL_RUN_TIMEOUT_S = 600
 RUN_MARK_ENV = "BAWT_MUTANTS_RUN"
@@ -123,26 +125,38 @@ MUTANTS: tuple[Mutant, ...] = (
            "        return False\n",
            (SUPERVISION + "test_hung_engine_is_caught_by_the_token_probe",)),
     # -- the gateway -----------------------------------------------------------------------------
-    Mutant("no-served-name-rewrite", "supervisor/serve/gateway.py",
-           "body = self._with_served_name(alias, model, payload, body)", "pass",
+    Mutant("no-served-name-rewrite", "supervisor/serve/proxy.py",
+           "body = self._with_served_name(alias, model, payload, request.body)", "body = request.body",
            (P + "test_the_gateway_sends_the_served_name_upstream",)),
     Mutant("served-name-lookup-removed", "supervisor/config/schema.py",
            "served = next((alias for alias, entry in self.models.items() if entry.served_name == name), None)",
            "served = None",
            (P + "test_the_gateway_routes_a_request_naming_the_served_name",)),
-    Mutant("ready-stream-buffered", "supervisor/serve/gateway.py",
-           "if not _is_stream(upstream):", "if True:",
+    Mutant("ready-stream-buffered", "supervisor/serve/upstream.py",
+           "        if mode is Mode.RAW:\n            if self.pending:",
+           "        if mode is Mode.RAW and not self.complete:\n            self.pending += data\n"
+           "        elif mode is Mode.RAW:\n            if self.pending:",
            (P + "test_a_ready_models_stream_is_relayed_chunk_by_chunk",)),
-    Mutant("instance-key-not-forwarded", "supervisor/serve/gateway.py",
-           'headers["Authorization"] = f"Bearer {instance.api_key}"', "pass",
+    Mutant("instance-key-not-forwarded", "supervisor/serve/proxy.py",
+           'headers.append((b"authorization", b"Bearer " + instance.api_key.encode()))', "pass",
            (P + "test_the_gateway_forwards_the_instances_own_key_not_the_clients",)),
-    Mutant("no-503-while-shutting-down", "supervisor/serve/gateway.py",
-           "if self._shutting_down():\n            return openai_error(503",
-           "if False:\n            return openai_error(503",
+    Mutant("no-503-while-shutting-down", "supervisor/serve/proxy.py",
+           "if self._shutting_down():\n            return openai_error(out, 503",
+           "if False:\n            return openai_error(out, 503",
            (P + "test_the_gateway_answers_503_while_shutting_down_and_starts_nothing",)),
-    Mutant("upstream-failure-not-502", "supervisor/serve/gateway.py",
-           'return await self._fail(instance.alias, early, 502, message, "upstream_error")', "raise",
+    Mutant("upstream-failure-not-502", "supervisor/serve/proxy.py",
+           'return self._fail(out, alias, sink.early, 502, message, "upstream_error")', "raise",
            (P + "test_an_upstream_that_drops_the_connection_is_a_502",)),
+    Mutant("slow-client-not-held-back", "supervisor/serve/front.py",
+           "self._linked = upstream\n        if self._client_paused:", "self._linked = None\n        if False:",
+           (FRAMING + "test_a_response_larger_than_every_buffer_arrives_whole_at_the_clients_pace",)),
+    Mutant("closed-gateway-keeps-connections", "supervisor/serve/front.py",
+           "        for connection in list(self.connections):\n            connection.abort()",
+           "        for connection in list(self.connections):\n            pass",
+           (FRAMING + "test_closing_the_gateway_ends_its_connections_and_the_requests_in_them",)),
+    Mutant("begun-response-sent-twice", "supervisor/serve/upstream.py",
+           "if error.started or fresh:", "if fresh:",
+           (UPSTREAM + "test_a_response_cut_off_after_it_began_is_not_sent_again",)),
     # -- the pool --------------------------------------------------------------------------------
     Mutant("eviction-does-not-wait", "supervisor/runtime/pool.py",
            "if not evictable_later(self._occupants(), entry.alias) or not await self._wait_for_idle(deadline):",
