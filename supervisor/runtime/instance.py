@@ -23,7 +23,7 @@ from .command import ServeCommand, build_serve_command
 from .failures import StartFailed
 from .gpus import GpuInventory, NoGpuInventory
 from .health import UNHEALTHY_CHECKS_BEFORE_RESTART, Health, HealthCheck
-from .listeners import port_listeners
+from .listeners import port_listeners, wait_port_released
 from .logfiles import LogFollower, next_log_path, read_log_tail
 from .placement import Placement
 from .process import KillReport, ProcessIdentity, ServeProcess
@@ -356,6 +356,8 @@ class Instance:
         self._vram_running = None
         # NOTIFY_SOCKET is systemd's channel to the daemon; vLLM must not talk on it.
         environment = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | command.env
+        if self.restarts:  # the port the old tree had: its listening socket gone first (or 10 s passed)
+            await wait_port_released(self.placement.port)
         try:
             self._process = ServeProcess.spawn(command.argv, env=environment, log_path=self.log_path)
         except OSError as error:

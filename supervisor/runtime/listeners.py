@@ -10,7 +10,9 @@ ours when our tree holds a listening socket on it and no one else does.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,3 +85,20 @@ def port_listeners(port: int, pids: Iterable[int]) -> PortListeners:
     for pid in pids:
         held |= socket_inodes(pid)
     return PortListeners(port, frozenset(listening & held), frozenset(listening - held))
+
+
+PORT_RELEASE_WAIT_S = 10.0
+
+
+async def wait_port_released(port: int, timeout_s: float = PORT_RELEASE_WAIT_S) -> bool:
+    """Wait (polling, up to timeout_s) until nothing listens on port; False if something still does.
+
+    A restart launches on the port the last tree had: vLLM binds it at once and exits if a
+    listening socket of the old tree is still there, which a restart must not spend itself on.
+    """
+    deadline = time.monotonic() + timeout_s
+    while listening_inodes(port):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
