@@ -70,11 +70,11 @@ FAST = {"stop_grace_s": 2.0, "health_interval_s": 0.2, "restart_backoff_s": 0.05
 LAUNCH = """\
 import json, os, sys
 from bawt_vllm.supervisor.control import server as control
-from bawt_vllm.supervisor.serve import gateway
+from bawt_vllm.supervisor.serve import front
 for module, name, value in json.loads(os.environ.get("BAWT_FAULTS_TUNE", "[]")):
-    target = {"control": control, "gateway": gateway}[module]
+    target = {"control": control, "front": front}[module]
     if not hasattr(target, name):
-        sys.exit(f"faults benchmark: bawt_vllm.supervisor.{module} has no {name} to shorten")
+        sys.exit(f"faults benchmark: {target.__name__} has no {name} to shorten")
     setattr(target, name, value)
 from bawt_vllm.supervisor.cli.app import main
 main()
@@ -836,7 +836,7 @@ def case_gateway_and_control_edges(ctx: Ctx) -> None:
     """10. Gateway and control edges: paths out of /v1, an over-size body, half-written requests,
     malformed JSON on the control socket, a busy gateway port."""
     config = ctx.config({"m": standin()})
-    daemon = ctx.daemon(config, tune=[("gateway", "READ_DEADLINE_S", GATEWAY_DEADLINE_S),
+    daemon = ctx.daemon(config, tune=[("front", "READ_DEADLINE_S", GATEWAY_DEADLINE_S),
                                       ("control", "BODY_READ_TIMEOUT_S", CONTROL_BODY_S)])
     daemon.client.up("m")
     port = int(daemon.gateway().rsplit(":", 1)[1])

@@ -39,7 +39,7 @@ from .metrics import Metrics
 from .proxy import Proxy, openai_error
 from .replies import openai_error as openai_error_response
 from .replies import resolve_dots, unknown_model
-from .upstream import Address, Mode, UpstreamError, UpstreamPool
+from .upstream import KEEPALIVE_S, Address, Mode, UpstreamError, UpstreamPool
 from .wire import Headers
 
 log = logging.getLogger("bawt_vllm.gateway")
@@ -47,7 +47,6 @@ log = logging.getLogger("bawt_vllm.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
-UPSTREAM_KEEPALIVE_S = 3.0
 ACCEPT_ERROR_LOG_INTERVAL_S = 60.0  # at most one warning this often while accept() runs out of descriptors
 MAX_BODY_BYTES = front.MAX_BODY_BYTES
 
@@ -149,7 +148,7 @@ class Gateway:
         if self._session is None or self._session.closed:
             # Idle upstream connections are dropped before vLLM's uvicorn drops them (5 s), so a
             # request is never sent down a connection the server is closing.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         return self._session

@@ -30,7 +30,7 @@ from ..runtime.failures import StartFailed
 from ..runtime.instance import Instance
 from ..runtime.placement import CapacityError
 from ..runtime.pool import PlacementFailed, Pool
-from . import wire
+from . import replies, wire
 from .front import Connection, Request
 from .keepalive import KEEP_ALIVE, KeepAliveError, KeepAlives, parse_keep_alive
 from .metrics import Metrics, ModelSeries
@@ -40,8 +40,7 @@ from .wire import Headers
 KEEPALIVE_INTERVAL_S = 2.0  # an SSE comment this often while a streaming request waits for its model
 RETRY_AFTER_S = 10
 UPSTREAM_ERROR_EXCERPT = 2000  # characters of a non-JSON upstream error kept in the message
-FORWARDED_REQUEST_HEADERS = (b"content-type", b"accept", b"x-request-id")
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": everything else in a path is percent-encoded
+FORWARDED_REQUEST_HEADERS = tuple(name.lower().encode() for name in replies.FORWARDED_REQUEST_HEADERS)
 # Response headers not passed on when the gateway re-frames an answer itself.
 _RESPONSE_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
                                   b"content-encoding", b"server", b"date"})
@@ -235,7 +234,7 @@ def _origin(endpoint: str) -> tuple[Address, bytes]:
 
 @functools.lru_cache(maxsize=256)
 def _encoded(path: str) -> bytes:
-    return quote(path, safe=_PATH_SAFE).encode()
+    return quote(path, safe=replies.PATH_SAFE).encode()
 
 
 def _upstream_head(request: Request, instance: Instance, path: str, length: int) -> bytes:

@@ -15,7 +15,7 @@ from ..config.schema import Config
 
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": everything else in a path is percent-encoded
+PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": everything else in a path is percent-encoded
 
 
 def openai_error(status: int, message: str, *, type_: str, code: str | None = None,
@@ -54,7 +54,7 @@ def resolve_dots(path: str) -> list[str] | None:
 
 def upstream_url(endpoint: str, path: str, raw_query: str) -> URL:
     """endpoint's origin + path (re-encoded, no dot segments) + the query exactly as sent."""
-    target = endpoint.removesuffix("/v1") + quote(path, safe=_PATH_SAFE)
+    target = endpoint.removesuffix("/v1") + quote(path, safe=PATH_SAFE)
     return URL(f"{target}?{raw_query}" if raw_query else target, encoded=True)
 
 
