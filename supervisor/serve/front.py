@@ -80,7 +80,6 @@ class Connection(asyncio.Protocol):
         # the response being written
         self._linked: asyncio.Transport | None = None
         self._client_paused = False
-        self._drained: asyncio.Future[None] | None = None
         self.started = False  # has any byte of the current response gone out?
         self._close_after = False
 
@@ -112,8 +111,6 @@ class Connection(asyncio.Protocol):
             self._deadline.cancel()
         if self._task is not None:
             self._task.cancel()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(ConnectionResetError("the client went away"))
 
     def pause_writing(self) -> None:
         self._client_paused = True
@@ -124,8 +121,6 @@ class Connection(asyncio.Protocol):
         self._client_paused = False
         if self._linked is not None and not self._linked.is_closing():
             self._linked.resume_reading()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
     # -- deadlines ----------------------------------------------------------------------------
     # One timer per connection, re-aimed rather than replaced: arming for each request costs an
@@ -311,12 +306,6 @@ class Connection(asyncio.Protocol):
     def end_stream(self) -> None:
         self.write(wire.LAST_CHUNK)
 
-    async def drain(self) -> None:
-        """Wait while the client is behind (for writers that are not linked to an upstream)."""
-        if self._client_paused and not self._closing:
-            self._drained = self._loop.create_future()
-            await self._drained
-
     def close_after(self) -> None:
         """Close the connection once this response is written (its framing cannot be finished)."""
         self._close_after = True
@@ -331,10 +320,6 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self.transport is not None:
             self.transport.abort()
-
-    @property
-    def gone(self) -> bool:
-        return self._closing or self.transport is None or self.transport.is_closing()
 
 
 def _decoded(path: bytes) -> str:
